@@ -1,0 +1,105 @@
+//! The command line: flags and environment variables (12-factor), one subcommand per
+//! job. Each subcommand's module turns its arguments into settings and runs it.
+
+mod fetch;
+mod simulate;
+
+use crate::config::{self, ConfigError, ProviderSettings};
+use crate::exit::Exit;
+use crate::telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Keeps the company's books with its OTP/SMS provider straight.
+#[derive(Debug, Parser)]
+#[command(name = "otp-reconcile", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: pretty on a terminal, JSON otherwise (auto).
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the provider simulator on 127.0.0.1 (for tests, the demo and benchmarks).
+    Simulate(simulate::SimulateArgs),
+    /// Fetch one record from the provider and print it, parsed and raw.
+    Fetch(fetch::FetchArgs),
+}
+
+/// How to reach the provider. The API secret comes from `PROVIDER_API_SECRET` or the
+/// file in `PROVIDER_API_SECRET_FILE`, never from a flag.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// The provider's base URL.
+    #[arg(
+        long,
+        env = "PROVIDER_BASE_URL",
+        default_value = "https://api.itniotech.com"
+    )]
+    pub base_url: String,
+
+    /// The API key (`Api-Key` header).
+    #[arg(long, env = "PROVIDER_API_KEY")]
+    pub api_key: Option<String>,
+
+    /// A file holding the API secret (a mounted Secret). Or set PROVIDER_API_SECRET.
+    #[arg(long, env = config::SECRET_FILE_ENV)]
+    pub api_secret_file: Option<PathBuf>,
+
+    /// Allow plain http:// to a host that is not loopback.
+    #[arg(long, env = "ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
+
+    /// Time allowed to connect to the provider.
+    #[arg(long, env = "PROVIDER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Time allowed for a whole request, answer included.
+    #[arg(long, env = "PROVIDER_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Answers larger than this many bytes are an error.
+    #[arg(long, env = "PROVIDER_MAX_ANSWER_BYTES", default_value_t = 1024 * 1024)]
+    pub max_answer_bytes: usize,
+}
+
+impl ProviderArgs {
+    /// The settings, with the secret read from the environment or its file.
+    pub fn settings(&self) -> Result<ProviderSettings, ConfigError> {
+        let key = self.api_key.as_deref().ok_or(ConfigError::MissingKey)?;
+        let secret = config::api_secret_from_env(self.api_secret_file.as_deref())?;
+        let mut settings =
+            ProviderSettings::new(&self.base_url, key, secret, self.allow_insecure_http)?;
+        if self.max_answer_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-answer-bytes must be positive".into(),
+            ));
+        }
+        settings.connect_timeout = self.connect_timeout;
+        settings.request_timeout = self.request_timeout;
+        settings.max_answer_bytes = self.max_answer_bytes;
+        Ok(settings)
+    }
+}
+
+/// Runs the parsed command to its exit code.
+pub async fn run(cli: Cli) -> Exit {
+    let outcome = match cli.command {
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Fetch(args) => fetch::run(args).await,
+    };
+    match outcome {
+        Ok(exit) => exit,
+        Err(error) => {
+            let exit = Exit::for_error(&error);
+            tracing::error!(error = format!("{error:#}"), exit = exit.code(), "failed");
+            eprintln!("otp-reconcile: {error:#}");
+            exit
+        }
+    }
+}

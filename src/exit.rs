@@ -1,0 +1,53 @@
+//! The process's exit codes, as the README documents them, and how an error maps to one.
+
+use crate::config::ConfigError;
+use crate::provider::Failure;
+
+/// Why the process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: done (also when stopped by `--max-runtime`).
+    Done,
+    /// 1: an unexpected error.
+    Unexpected,
+    /// 2: usage or configuration.
+    Usage,
+    /// 3: the provider refused our credentials or IP.
+    Credentials,
+    /// 4: the database is unusable or its schema does not match.
+    Database,
+    /// 130: interrupted by SIGINT or SIGTERM.
+    Interrupted,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Done => 0,
+            Exit::Unexpected => 1,
+            Exit::Usage => 2,
+            Exit::Credentials => 3,
+            Exit::Database => 4,
+            Exit::Interrupted => 130,
+        }
+    }
+
+    /// The exit code an error calls for, judged by the first cause that says.
+    pub fn for_error(error: &anyhow::Error) -> Exit {
+        for cause in error.chain() {
+            if cause.is::<ConfigError>() {
+                return Exit::Usage;
+            }
+            if let Some(Failure::Fatal { .. }) = cause.downcast_ref::<Failure>() {
+                return Exit::Credentials;
+            }
+        }
+        Exit::Unexpected
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit.code())
+    }
+}

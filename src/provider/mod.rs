@@ -1,0 +1,223 @@
+//! The signed client for the provider's five endpoints.
+//!
+//! One [`reqwest::Client`] with connect and request timeouts is shared by every call.
+//! Each request is signed at the moment it is sent, so a retry carries a fresh
+//! `Timestamp` and `Sign`. Answers are read up to a size cap and handed to
+//! [`outcome::classify`], the only code that looks at status codes.
+
+pub mod api;
+pub mod outcome;
+pub mod retry;
+pub mod sign;
+
+pub use api::{BackfillRate, Endpoint, OrderIdQuery, OtpPostback, SmsPostback};
+pub use outcome::{Failure, FatalCause, Transient};
+pub use retry::RetryPolicy;
+
+use crate::clock::SharedClock;
+use crate::config::ProviderSettings;
+use crate::record::Fetched;
+use outcome::Envelope;
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, redirect};
+use secrecy::SecretString;
+use serde::Serialize;
+use std::error::Error as _;
+use tracing::Instrument;
+use url::Url;
+
+/// Could not build the HTTP client (a TLS backend problem, in practice).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client")]
+pub struct BuildError(#[source] reqwest::Error);
+
+/// The provider, as the job sees it. Cheap to clone; clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct ProviderClient {
+    http: reqwest::Client,
+    base_url: Url,
+    api_key: String,
+    api_secret: SecretString,
+    max_answer_bytes: usize,
+    clock: SharedClock,
+}
+
+impl ProviderClient {
+    pub fn new(settings: &ProviderSettings, clock: SharedClock) -> Result<Self, BuildError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .redirect(redirect::Policy::none())
+            .pool_max_idle_per_host(512)
+            .tcp_nodelay(true)
+            .user_agent(concat!("otp-reconcile/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(BuildError)?;
+        Ok(Self {
+            http,
+            base_url: settings.base_url.clone(),
+            api_key: settings.api_key.clone(),
+            api_secret: settings.api_secret.clone(),
+            max_answer_bytes: settings.max_answer_bytes,
+            clock,
+        })
+    }
+
+    /// `GET /otp/verification/record/{verificationId}`.
+    pub async fn record_by_verification_id(&self, id: &str) -> Result<Fetched, Failure> {
+        let mut url = self.url(Endpoint::RecordByVerificationId);
+        url.path_segments_mut()
+            .expect("an http(s) base URL has path segments")
+            .pop_if_empty()
+            .push(id);
+        let span = tracing::debug_span!("provider.request", endpoint = "record_by_verification_id", verification_id = %id);
+        let envelope = self.send(Method::GET, url, None).instrument(span).await?;
+        record(envelope)
+    }
+
+    /// `POST /otp/verification/orderId/record`.
+    pub async fn record_by_order_id(
+        &self,
+        app_id: &str,
+        order_id: &str,
+    ) -> Result<Fetched, Failure> {
+        let body = OrderIdQuery {
+            app_id: app_id.to_owned(),
+            order_id: order_id.to_owned(),
+        };
+        let span = tracing::debug_span!("provider.request", endpoint = "record_by_order_id", app_id = %app_id, order_id = %order_id);
+        let envelope = self
+            .post(Endpoint::RecordByOrderId, &body)
+            .instrument(span)
+            .await?;
+        record(envelope)
+    }
+
+    /// `POST /otp/postback/backfill`: one converted OTP.
+    pub async fn otp_postback(&self, body: &OtpPostback) -> Result<(), Failure> {
+        let span = tracing::debug_span!("provider.request", endpoint = "otp_postback", verification_id = %body.verification_id);
+        self.post(Endpoint::OtpPostback, body)
+            .instrument(span)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /sms/postback/backfill`: one converted SMS.
+    pub async fn sms_postback(&self, body: &SmsPostback) -> Result<(), Failure> {
+        let span = tracing::debug_span!("provider.request", endpoint = "sms_postback", msgid = %body.msgid);
+        self.post(Endpoint::SmsPostback, body)
+            .instrument(span)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /otp/backfillRate`: one app's conversion rate in one country.
+    pub async fn backfill_rate(&self, body: &BackfillRate) -> Result<(), Failure> {
+        let span = tracing::debug_span!("provider.request", endpoint = "backfill_rate", app_id = %body.app_id, mcc = %body.mcc);
+        self.post(Endpoint::BackfillRate, body)
+            .instrument(span)
+            .await
+            .map(drop)
+    }
+
+    fn url(&self, endpoint: Endpoint) -> Url {
+        self.base_url
+            .join(endpoint.path())
+            .expect("endpoint paths are valid relative URLs")
+    }
+
+    async fn post<B: Serialize>(&self, endpoint: Endpoint, body: &B) -> Result<Envelope, Failure> {
+        let body = serde_json::to_vec(body).expect("request bodies serialize");
+        self.send(Method::POST, self.url(endpoint), Some(body))
+            .await
+    }
+
+    /// Signs, sends, reads the answer up to the cap, and classifies it.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<Envelope, Failure> {
+        let signed = sign::headers(
+            &self.api_key,
+            &self.api_secret,
+            self.clock.now().timestamp(),
+        );
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/json;charset=UTF-8"),
+            )
+            .header("Api-Key", signed.api_key)
+            .header("Timestamp", signed.timestamp)
+            .header("Sign", signed.sign);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let mut response = request.send().await.map_err(transport)?;
+        let http = response.status();
+        let headers = response.headers().clone();
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_answer_bytes as u64)
+        {
+            return Err(self.too_large());
+        }
+        let mut answer = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if answer.len() + chunk.len() > self.max_answer_bytes {
+                return Err(self.too_large());
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        let outcome = outcome::classify(http, &headers, &answer, self.clock.now());
+        match &outcome {
+            Ok(env) => tracing::debug!(http = http.as_u16(), status = %env.status, "answer"),
+            Err(failure) => tracing::debug!(http = http.as_u16(), %failure, "answer"),
+        }
+        outcome
+    }
+
+    fn too_large(&self) -> Failure {
+        Failure::Unreadable {
+            problem: format!("answer larger than {} bytes", self.max_answer_bytes),
+        }
+    }
+}
+
+/// A record answer: status 0 with a readable `data`.
+fn record(envelope: Envelope) -> Result<Fetched, Failure> {
+    let data = envelope.data.ok_or_else(|| Failure::Unreadable {
+        problem: "status 0 without `data`".into(),
+    })?;
+    Fetched::from_data(data).map_err(|e| Failure::Unreadable {
+        problem: e.to_string(),
+    })
+}
+
+/// A failure below HTTP: timeouts, refused or dropped connections.
+fn transport(e: reqwest::Error) -> Failure {
+    let cause = if e.is_timeout() {
+        Transient::Timeout
+    } else if e.is_connect() {
+        Transient::Connect(chain(&e))
+    } else {
+        Transient::Connection(chain(&e))
+    };
+    Failure::Retry { cause, after: None }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

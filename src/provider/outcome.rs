@@ -1,0 +1,371 @@
+//! The one place that reads HTTP statuses and the provider's status codes and decides
+//! what an answer means. Everything else matches on [`Failure`].
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Why a call did not succeed, sorted by what the caller should do about it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// The provider refused this item (-22, -14, or a code it does not document here).
+    /// Sending the same request again will not help; keep the reason.
+    #[error("rejected by the provider (status {status}): {reason}")]
+    Rejected { status: String, reason: String },
+
+    /// Worth another try, after `after` if the provider said how long.
+    #[error("transient: {cause}")]
+    Retry {
+        cause: Transient,
+        after: Option<Duration>,
+    },
+
+    /// The provider said success but the answer cannot be read (a field that does not
+    /// parse, an answer over the size cap). Keep the item for a later re-check and
+    /// record the problem; an immediate retry would read the same answer.
+    #[error("unreadable answer: {problem}")]
+    Unreadable { problem: String },
+
+    /// Every further call would fail the same way: stop the whole pass.
+    #[error("fatal: {cause} ({reason})")]
+    Fatal { cause: FatalCause, reason: String },
+}
+
+/// What went wrong, for a retryable failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Transient {
+    #[error("timed out")]
+    Timeout,
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("connection failed mid-request: {0}")]
+    Connection(String),
+    #[error("HTTP {0}")]
+    Http(u16),
+    #[error("rate limited (HTTP 429)")]
+    RateLimited,
+    /// -18: the provider's own failure.
+    #[error("provider failure (status -18): {0}")]
+    ProviderBusy(String),
+    /// -16: the timestamp was stale; the retry is signed afresh.
+    #[error("timestamp expired (status -16): {0}")]
+    TimestampExpired(String),
+    /// Not JSON, truncated, or no status in it.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+}
+
+/// Why the whole pass must stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FatalCause {
+    /// -1.
+    #[error("the provider refused our credentials (status -1)")]
+    Authentication,
+    /// -2.
+    #[error("the provider refused our IP address (status -2)")]
+    IpNotAllowed,
+    /// HTTP 401 or 403 before any JSON.
+    #[error("the provider's server refused access (HTTP 401/403)")]
+    Forbidden,
+    /// HTTP 404/405 or a redirect without a provider answer: the base URL or path is
+    /// wrong, so every call would fail alike.
+    #[error("the endpoint does not exist at the configured base URL")]
+    Endpoint,
+}
+
+impl Failure {
+    /// True for failures worth retrying now.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Failure::Retry { .. })
+    }
+
+    /// The delay the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Failure::Retry { after, .. } => *after,
+            _ => None,
+        }
+    }
+
+    /// The provider's status code, when the failure carries one.
+    pub fn status(&self) -> Option<&str> {
+        match self {
+            Failure::Rejected { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
+/// The JSON envelope every answer carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub status: String,
+    pub reason: String,
+    pub data: Option<Value>,
+}
+
+/// Classifies a complete answer. `now` is when it arrived, for `Retry-After` dates.
+pub fn classify(
+    http: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Envelope, Failure> {
+    if http == StatusCode::UNAUTHORIZED || http == StatusCode::FORBIDDEN {
+        return Err(Failure::Fatal {
+            cause: FatalCause::Forbidden,
+            reason: format!("HTTP {}", http.as_u16()),
+        });
+    }
+    if http == StatusCode::TOO_MANY_REQUESTS {
+        return Err(Failure::Retry {
+            cause: Transient::RateLimited,
+            after: retry_after(headers, now),
+        });
+    }
+    if http.is_server_error() || http == StatusCode::REQUEST_TIMEOUT {
+        return Err(Failure::Retry {
+            cause: Transient::Http(http.as_u16()),
+            after: retry_after(headers, now),
+        });
+    }
+    let envelope = envelope(body);
+    if !http.is_success() {
+        // A provider answer inside an error status still says what happened.
+        if let Ok(env) = envelope {
+            return by_status(env, now);
+        }
+        let reason = format!("HTTP {} without a provider answer", http.as_u16());
+        return Err(
+            if http.is_redirection()
+                || http == StatusCode::NOT_FOUND
+                || http == StatusCode::METHOD_NOT_ALLOWED
+            {
+                Failure::Fatal {
+                    cause: FatalCause::Endpoint,
+                    reason,
+                }
+            } else {
+                Failure::Rejected {
+                    status: format!("HTTP {}", http.as_u16()),
+                    reason,
+                }
+            },
+        );
+    }
+    by_status(envelope?, now)
+}
+
+/// Classifies by the provider's status code.
+fn by_status(env: Envelope, now: DateTime<Utc>) -> Result<Envelope, Failure> {
+    let reason = env.reason.clone();
+    match env.status.as_str() {
+        "0" => Ok(env),
+        "-1" => Err(Failure::Fatal {
+            cause: FatalCause::Authentication,
+            reason,
+        }),
+        "-2" => Err(Failure::Fatal {
+            cause: FatalCause::IpNotAllowed,
+            reason,
+        }),
+        // Re-sign in the next second: a retry in the same second would carry the
+        // same timestamp and sign.
+        "-16" => Err(Failure::Retry {
+            cause: Transient::TimestampExpired(reason),
+            after: Some(until_next_second(now)),
+        }),
+        "-18" => Err(Failure::Retry {
+            cause: Transient::ProviderBusy(reason),
+            after: None,
+        }),
+        status => Err(Failure::Rejected {
+            status: status.to_owned(),
+            reason,
+        }),
+    }
+}
+
+/// Reads `{"status", "reason", "data"}`. The status may be a string or a number.
+fn envelope(body: &[u8]) -> Result<Envelope, Failure> {
+    let malformed = |why: String| Failure::Retry {
+        cause: Transient::Malformed(why),
+        after: None,
+    };
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| malformed(format!("not JSON ({e})")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(malformed("not a JSON object".into()));
+    };
+    let status = match obj.get("status") {
+        Some(Value::String(s)) if is_code(s.trim()) => s.trim().to_owned(),
+        Some(Value::Number(n)) if is_code(&n.to_string()) => n.to_string(),
+        _ => return Err(malformed("no integer `status`".into())),
+    };
+    let reason = match obj.get("reason") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    Ok(Envelope {
+        status,
+        reason,
+        data: obj.remove("data").filter(|d| !d.is_null()),
+    })
+}
+
+fn is_code(s: &str) -> bool {
+    s.parse::<i64>().is_ok()
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+fn until_next_second(now: DateTime<Utc>) -> Duration {
+    let into_second = Duration::from_nanos(u64::from(now.timestamp_subsec_nanos()));
+    Duration::from_secs(1).saturating_sub(into_second) + Duration::from_millis(5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn answer(http: u16, body: &str) -> Result<Envelope, Failure> {
+        classify(
+            StatusCode::from_u16(http).unwrap(),
+            &HeaderMap::new(),
+            body.as_bytes(),
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn status_codes_are_sorted_by_what_to_do() {
+        assert!(answer(200, r#"{"status":"0","reason":"success"}"#).is_ok());
+        assert!(answer(200, r#"{"status":0}"#).is_ok());
+        for (code, cause) in [
+            ("-1", FatalCause::Authentication),
+            ("-2", FatalCause::IpNotAllowed),
+        ] {
+            let body = format!(r#"{{"status":"{code}","reason":"x"}}"#);
+            assert!(
+                matches!(answer(200, &body), Err(Failure::Fatal { cause: c, .. }) if c == cause)
+            );
+        }
+        for code in ["-14", "-22", "-10", "-27", "-99"] {
+            let body = format!(r#"{{"status":"{code}","reason":"why"}}"#);
+            assert_eq!(
+                answer(200, &body),
+                Err(Failure::Rejected {
+                    status: code.into(),
+                    reason: "why".into()
+                })
+            );
+        }
+        let stale = answer(200, r#"{"status":"-16","reason":"expired"}"#).unwrap_err();
+        assert!(
+            matches!(&stale, Failure::Retry { cause: Transient::TimestampExpired(_), after: Some(d) } if *d <= Duration::from_millis(1005))
+        );
+        assert!(matches!(
+            answer(200, r#"{"status":"-18"}"#),
+            Err(Failure::Retry {
+                cause: Transient::ProviderBusy(_),
+                after: None
+            })
+        ));
+    }
+
+    #[test]
+    fn http_statuses_come_first() {
+        assert!(matches!(
+            answer(401, ""),
+            Err(Failure::Fatal {
+                cause: FatalCause::Forbidden,
+                ..
+            })
+        ));
+        assert!(matches!(
+            answer(403, "{}"),
+            Err(Failure::Fatal {
+                cause: FatalCause::Forbidden,
+                ..
+            })
+        ));
+        assert!(matches!(
+            answer(500, ""),
+            Err(Failure::Retry {
+                cause: Transient::Http(500),
+                ..
+            })
+        ));
+        assert!(matches!(
+            answer(503, ""),
+            Err(Failure::Retry {
+                cause: Transient::Http(503),
+                ..
+            })
+        ));
+        assert!(matches!(
+            answer(404, "not here"),
+            Err(Failure::Fatal {
+                cause: FatalCause::Endpoint,
+                ..
+            })
+        ));
+        assert!(matches!(answer(400, "bad"), Err(Failure::Rejected { .. })));
+        assert!(
+            matches!(answer(400, r#"{"status":"-22","reason":"p"}"#), Err(Failure::Rejected { status, .. }) if status == "-22")
+        );
+    }
+
+    #[test]
+    fn malformed_answers_are_retryable() {
+        for body in [
+            "<html>",
+            r#"{"status":"0","da"#,
+            "[]",
+            r#"{"reason":"no status"}"#,
+            "",
+        ] {
+            assert!(
+                matches!(
+                    answer(200, body),
+                    Err(Failure::Retry {
+                        cause: Transient::Malformed(_),
+                        ..
+                    })
+                ),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        let now = Utc::now();
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(3)));
+        let later = (now + chrono::Duration::seconds(10)).to_rfc2822();
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&headers, now).unwrap();
+        assert!(
+            d > Duration::from_secs(8) && d <= Duration::from_secs(10),
+            "{d:?}"
+        );
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now), None);
+    }
+}
