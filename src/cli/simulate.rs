@@ -147,7 +147,12 @@ impl SimulateArgs {
         let script = parse_script(&self.script).map_err(config::ConfigError::Invalid)?;
         Ok(SimConfig {
             port: self.port,
-            api_key: self.api_key.clone(),
+            // An empty PROVIDER_API_KEY (set but blank) means the demo key, as an unset one does.
+            api_key: if self.api_key.trim().is_empty() {
+                DEMO_API_KEY.to_owned()
+            } else {
+                self.api_key.trim().to_owned()
+            },
             api_secret: secret,
             records: RecordConfig {
                 not_found_share: self.not_found_share,

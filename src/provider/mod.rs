@@ -188,6 +188,18 @@ impl ProviderClient {
     }
 }
 
+/// Reads a complete record answer the way the client does: classify, then read `data`.
+/// Public so that fixtures go through exactly the client's path.
+pub fn read_record_answer(http: reqwest::StatusCode, body: &[u8]) -> Result<Fetched, Failure> {
+    let envelope = outcome::classify(
+        http,
+        &reqwest::header::HeaderMap::new(),
+        body,
+        chrono::Utc::now(),
+    )?;
+    record(envelope)
+}
+
 /// A record answer: status 0 with a readable `data`.
 fn record(envelope: Envelope) -> Result<Fetched, Failure> {
     let data = envelope.data.ok_or_else(|| Failure::Unreadable {

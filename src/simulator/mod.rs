@@ -248,11 +248,17 @@ impl SimHandle {
         self.state.records().cost_changed(self.state.seed, lookup)
     }
 
-    /// The final record the simulator serves for `lookup`, without counting a fetch.
-    pub fn final_record(&self, lookup: Lookup) -> Served {
+    /// The record the simulator serves for `lookup` after `answered` earlier answers,
+    /// without counting a fetch.
+    pub fn record(&self, lookup: Lookup, answered: u32) -> Served {
         self.state
             .records()
-            .serve(self.state.seed, lookup, u32::MAX)
+            .serve(self.state.seed, lookup, answered)
+    }
+
+    /// The final record the simulator serves for `lookup`, without counting a fetch.
+    pub fn final_record(&self, lookup: Lookup) -> Served {
+        self.record(lookup, u32::MAX)
     }
 
     /// Clears the stats and the scripts.

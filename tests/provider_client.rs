@@ -1,0 +1,666 @@
+//! The signed client against the simulator (a real HTTP server on loopback): every
+//! status code and fault is classified, retries are signed afresh, and nothing the
+//! client does leaks the secret.
+
+use otp_reconcile::clock::{self, SkewedClock};
+use otp_reconcile::config::ProviderSettings;
+use otp_reconcile::provider::{
+    BackfillRate, Failure, FatalCause, OtpPostback, ProviderClient, RetryPolicy, SmsPostback,
+    Transient, sign,
+};
+use otp_reconcile::simulator::{
+    DEMO_API_KEY, DEMO_API_SECRET, Fault, Faults, Lookup, SimConfig, SimHandle, Simulator,
+};
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn simulator() -> SimHandle {
+    Simulator::start(SimConfig::new(7))
+        .await
+        .expect("simulator starts")
+}
+
+fn settings(base_url: &str, key: &str, secret: &str) -> ProviderSettings {
+    let mut s = ProviderSettings::new(base_url, key, SecretString::from(secret), false).unwrap();
+    s.request_timeout = Duration::from_millis(800);
+    s.connect_timeout = Duration::from_millis(500);
+    s
+}
+
+fn client(sim: &SimHandle) -> ProviderClient {
+    ProviderClient::new(
+        &settings(&sim.base_url(), DEMO_API_KEY, DEMO_API_SECRET),
+        clock::system(),
+    )
+    .unwrap()
+}
+
+/// An id that the simulator serves as a found record, final from the first answer.
+fn final_id(sim: &SimHandle, n: usize) -> String {
+    (0..)
+        .map(|i| format!("v-{n}-{i}"))
+        .find(|id| {
+            let first = sim.record(Lookup::VerificationId(id), 0);
+            first.found && first.final_answer
+        })
+        .unwrap()
+}
+
+/// What a failure should look like.
+type Expect = fn(&Failure) -> bool;
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        min_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        ..RetryPolicy::default()
+    }
+}
+
+#[tokio::test]
+async fn a_record_by_verification_id_is_the_simulators_record() {
+    let sim = simulator().await;
+    let id = final_id(&sim, 1);
+    let fetched = client(&sim).record_by_verification_id(&id).await.unwrap();
+    assert_eq!(
+        fetched.raw,
+        sim.final_record(Lookup::VerificationId(&id)).data
+    );
+    assert_eq!(fetched.record.verification_id.as_deref(), Some(id.as_str()));
+    let stats = sim.stats();
+    assert_eq!(stats.requests_to("record_by_verification_id"), 1);
+    assert_eq!(stats.fetches[&id].final_answers, 1);
+}
+
+#[tokio::test]
+async fn a_record_by_order_id() {
+    let sim = simulator().await;
+    let fetched = client(&sim)
+        .record_by_order_id("app1", "ord-77")
+        .await
+        .unwrap();
+    let served = sim.final_record(Lookup::OrderId {
+        app_id: "app1",
+        order_id: "ord-77",
+    });
+    assert_eq!(fetched.raw, served.data);
+    assert_eq!(fetched.record.order_id.as_deref(), Some("ord-77"));
+    assert_eq!(sim.stats().fetches["order:ord-77"].answered, 1);
+}
+
+#[tokio::test]
+async fn ids_that_need_escaping_reach_the_right_record() {
+    let sim = simulator().await;
+    let id = "a b/c?d#e%f";
+    let fetched = client(&sim).record_by_verification_id(id).await.unwrap();
+    assert_eq!(fetched.record.verification_id.as_deref(), Some(id));
+}
+
+#[tokio::test]
+async fn every_provider_status_code_is_classified() {
+    let sim = simulator().await;
+    let client = client(&sim);
+    let cases: [(Fault, Expect); 7] = [
+        (Fault::Status(-1), |f| {
+            matches!(
+                f,
+                Failure::Fatal {
+                    cause: FatalCause::Authentication,
+                    ..
+                }
+            )
+        }),
+        (Fault::Status(-2), |f| {
+            matches!(
+                f,
+                Failure::Fatal {
+                    cause: FatalCause::IpNotAllowed,
+                    ..
+                }
+            )
+        }),
+        (
+            Fault::Status(-14),
+            |f| matches!(f, Failure::Rejected { status, .. } if status == "-14"),
+        ),
+        (Fault::Status(-16), |f| {
+            matches!(
+                f,
+                Failure::Retry {
+                    cause: Transient::TimestampExpired(_),
+                    after: Some(_)
+                }
+            )
+        }),
+        (Fault::Status(-18), |f| {
+            matches!(
+                f,
+                Failure::Retry {
+                    cause: Transient::ProviderBusy(_),
+                    ..
+                }
+            )
+        }),
+        (
+            Fault::Status(-22),
+            |f| matches!(f, Failure::Rejected { status, .. } if status == "-22"),
+        ),
+        (
+            Fault::Status(-99),
+            |f| matches!(f, Failure::Rejected { status, .. } if status == "-99"),
+        ),
+    ];
+    for (i, (fault, expected)) in cases.iter().enumerate() {
+        let id = format!("status-{i}");
+        sim.script(Some(&id), [*fault]);
+        let failure = client.record_by_verification_id(&id).await.unwrap_err();
+        assert!(expected(&failure), "{fault}: {failure:?}");
+    }
+    // The same classification on the other endpoints.
+    sim.script(Some("otp:pb-1"), [Fault::Status(-14)]);
+    let body = OtpPostback::new("app1", "pb-1", "9100", chrono::Utc::now());
+    assert!(
+        matches!(client.otp_postback(&body).await, Err(Failure::Rejected { status, .. }) if status == "-14")
+    );
+    sim.script(Some("app1:460"), [Fault::Status(-2)]);
+    let rate = BackfillRate::new("app1", 460, 1, 2, chrono::Utc::now().fixed_offset()).unwrap();
+    assert!(matches!(
+        client.backfill_rate(&rate).await,
+        Err(Failure::Fatal {
+            cause: FatalCause::IpNotAllowed,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn every_http_fault_is_classified() {
+    let sim = simulator().await;
+    let client = client(&sim);
+    let cases: [(Fault, Expect); 9] = [
+        (Fault::Http(500), |f| {
+            matches!(
+                f,
+                Failure::Retry {
+                    cause: Transient::Http(500),
+                    ..
+                }
+            )
+        }),
+        (Fault::Http(503), |f| {
+            matches!(
+                f,
+                Failure::Retry {
+                    cause: Transient::Http(503),
+                    ..
+                }
+            )
+        }),
+        (
+            Fault::TooManyRequests { retry_after: 3 },
+            |f| matches!(f, Failure::Retry { cause: Transient::RateLimited, after: Some(d) } if *d == Duration::from_secs(3)),
+        ),
+        (Fault::Http(401), |f| {
+            matches!(
+                f,
+                Failure::Fatal {
+                    cause: FatalCause::Forbidden,
+                    ..
+                }
+            )
+        }),
+        (Fault::Http(403), |f| {
+            matches!(
+                f,
+                Failure::Fatal {
+                    cause: FatalCause::Forbidden,
+                    ..
+                }
+            )
+        }),
+        (Fault::Drop, |f| {
+            matches!(
+                f,
+                Failure::Retry {
+                    cause: Transient::Connection(_),
+                    ..
+                }
+            )
+        }),
+        (Fault::Stall, |f| {
+            matches!(
+                f,
+                Failure::Retry {
+                    cause: Transient::Timeout,
+                    ..
+                }
+            )
+        }),
+        (Fault::Malformed, |f| {
+            matches!(
+                f,
+                Failure::Retry {
+                    cause: Transient::Malformed(_),
+                    ..
+                }
+            )
+        }),
+        (Fault::Truncated, |f| {
+            matches!(
+                f,
+                Failure::Retry {
+                    cause: Transient::Malformed(_),
+                    ..
+                }
+            )
+        }),
+    ];
+    sim.set_faults(Faults {
+        stall_ms: Some(5_000),
+        ..Faults::default()
+    });
+    for (i, (fault, expected)) in cases.iter().enumerate() {
+        let id = format!("http-{i}");
+        sim.script(Some(&id), [*fault]);
+        let failure = client.record_by_verification_id(&id).await.unwrap_err();
+        assert!(expected(&failure), "{fault}: {failure:?}");
+    }
+    let stats = sim.stats();
+    for label in [
+        "http_500",
+        "http_503",
+        "http_429",
+        "drop",
+        "stall",
+        "malformed",
+        "truncated",
+    ] {
+        assert_eq!(
+            stats.answered("record_by_verification_id", label),
+            1,
+            "{label}"
+        );
+    }
+    // A truncated answer is not a served record, nor is a stalled or dropped one.
+    assert!(stats.fetches.values().all(|c| c.answered == 0));
+}
+
+#[tokio::test]
+async fn an_unknown_path_means_a_wrong_base_url() {
+    let sim = simulator().await;
+    let base = format!("{}/wrong-prefix", sim.base_url());
+    let client = ProviderClient::new(
+        &settings(&base, DEMO_API_KEY, DEMO_API_SECRET),
+        clock::system(),
+    )
+    .unwrap();
+    assert!(matches!(
+        client.record_by_verification_id("x").await,
+        Err(Failure::Fatal {
+            cause: FatalCause::Endpoint,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn real_credential_and_clock_failures() {
+    let sim = simulator().await;
+    let wrong_key = ProviderClient::new(
+        &settings(&sim.base_url(), "other-key", DEMO_API_SECRET),
+        clock::system(),
+    )
+    .unwrap();
+    assert!(matches!(
+        wrong_key.record_by_verification_id("x").await,
+        Err(Failure::Fatal {
+            cause: FatalCause::Authentication,
+            ..
+        })
+    ));
+    let wrong_secret = ProviderClient::new(
+        &settings(&sim.base_url(), DEMO_API_KEY, "not-it"),
+        clock::system(),
+    )
+    .unwrap();
+    assert!(matches!(
+        wrong_secret.record_by_verification_id("x").await,
+        Err(Failure::Fatal {
+            cause: FatalCause::Authentication,
+            ..
+        })
+    ));
+    let slow_clock = Arc::new(SkewedClock(chrono::Duration::minutes(-10)));
+    let stale = ProviderClient::new(
+        &settings(&sim.base_url(), DEMO_API_KEY, DEMO_API_SECRET),
+        slow_clock,
+    )
+    .unwrap();
+    assert!(matches!(
+        stale.record_by_verification_id("x").await,
+        Err(Failure::Retry {
+            cause: Transient::TimestampExpired(_),
+            ..
+        })
+    ));
+    let stats = sim.stats();
+    assert_eq!(stats.answered("record_by_verification_id", "-1"), 2);
+    assert_eq!(stats.answered("record_by_verification_id", "-16"), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_minus_16_carries_a_new_timestamp_and_sign() {
+    let sim = simulator().await;
+    let client = client(&sim);
+    let id = final_id(&sim, 2);
+    sim.script(Some(&id), [Fault::Status(-16)]);
+    let fetched = quick()
+        .run(|| client.record_by_verification_id(&id))
+        .await
+        .unwrap();
+    assert_eq!(fetched.record.verification_id.as_deref(), Some(id.as_str()));
+
+    let log = sim.requests(Some(&id));
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].answer, "-16");
+    assert_eq!(log[1].answer, "0");
+    let (first, second) = (&log[0], &log[1]);
+    assert_ne!(first.timestamp, second.timestamp, "a fresh timestamp");
+    assert_ne!(first.sign, second.sign, "a fresh sign");
+    // Each sign matches its own timestamp.
+    for entry in &log {
+        let ts: i64 = entry.timestamp.as_deref().unwrap().parse().unwrap();
+        let expected = sign::sign(DEMO_API_KEY, &SecretString::from(DEMO_API_SECRET), ts);
+        assert_eq!(entry.sign.as_deref(), Some(expected.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn transient_faults_are_retried_and_rejections_are_not() {
+    let sim = simulator().await;
+    let client = client(&sim);
+    let id = final_id(&sim, 3);
+    sim.script(Some(&id), [Fault::Http(503), Fault::Malformed]);
+    assert!(
+        quick()
+            .run(|| client.record_by_verification_id(&id))
+            .await
+            .is_ok()
+    );
+    assert_eq!(sim.stats().fetches[&id].requests, 3);
+
+    sim.script(Some("rejected"), [Fault::Status(-22), Fault::Ok]);
+    let out = quick()
+        .run(|| client.record_by_verification_id("rejected"))
+        .await;
+    assert!(matches!(out, Err(Failure::Rejected { .. })));
+    assert_eq!(sim.stats().fetches["rejected"].requests, 1);
+}
+
+#[tokio::test]
+async fn the_simulators_rate_limit_answers_429_with_retry_after() {
+    let sim = simulator().await;
+    sim.set_faults(Faults {
+        rate_limit: Some(5),
+        rate_burst: Some(5),
+        ..Faults::default()
+    });
+    let client = client(&sim);
+    let mut limited = 0;
+    for i in 0..10 {
+        match client.record_by_verification_id(&format!("rl-{i}")).await {
+            Ok(_) => {}
+            Err(Failure::Retry {
+                cause: Transient::RateLimited,
+                after: Some(after),
+            }) => {
+                assert!(after >= Duration::from_secs(1));
+                limited += 1;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        (4..=6).contains(&limited),
+        "{limited} of 10 over a burst of 5"
+    );
+}
+
+#[tokio::test]
+async fn latency_is_added_to_every_answer() {
+    let sim = simulator().await;
+    sim.set_faults(Faults {
+        latency_ms: 150,
+        jitter_ms: 50,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    client(&sim)
+        .record_by_verification_id("slow")
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_millis(700),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_over_the_cap_is_an_error_not_an_allocation() {
+    let sim = simulator().await;
+    let mut small = settings(&sim.base_url(), DEMO_API_KEY, DEMO_API_SECRET);
+    small.max_answer_bytes = 100;
+    let client = ProviderClient::new(&small, clock::system()).unwrap();
+    match client.record_by_verification_id("big").await {
+        Err(Failure::Unreadable { problem }) => assert!(problem.contains("larger than 100 bytes")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn nobody_listening_is_a_connect_failure() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let client = ProviderClient::new(
+        &settings(&base, DEMO_API_KEY, DEMO_API_SECRET),
+        clock::system(),
+    )
+    .unwrap();
+    assert!(matches!(
+        client.record_by_verification_id("x").await,
+        Err(Failure::Retry {
+            cause: Transient::Connect(_),
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn postbacks_and_rates_are_acknowledged_and_counted() {
+    let sim = simulator().await;
+    let client = client(&sim);
+    let now = chrono::Utc::now();
+    client
+        .otp_postback(&OtpPostback::new("app1", "v-1", "9100", now))
+        .await
+        .unwrap();
+    client
+        .sms_postback(&SmsPostback::new("app1", "msg-1", "9100", now))
+        .await
+        .unwrap();
+    let rate = BackfillRate::new("app1", 460, 1, 3, now.fixed_offset()).unwrap();
+    client.backfill_rate(&rate).await.unwrap();
+
+    // An empty field and an unknown id are the provider's -14.
+    let empty = OtpPostback::new("app1", "v-2", "", now);
+    assert!(
+        matches!(client.otp_postback(&empty).await, Err(Failure::Rejected { status, .. }) if status == "-14")
+    );
+    let unknown = OtpPostback::new("app1", "missing-9", "9100", now);
+    assert!(
+        matches!(client.otp_postback(&unknown).await, Err(Failure::Rejected { status, .. }) if status == "-14")
+    );
+
+    let stats = sim.stats();
+    assert_eq!(stats.postbacks["otp:v-1"].acknowledged, 1);
+    assert_eq!(stats.postbacks["sms:msg-1"].acknowledged, 1);
+    assert_eq!(stats.postbacks["otp:v-2"].acknowledged, 0);
+    assert_eq!(stats.backfill_rates.len(), 1);
+    let body = &stats.backfill_rates[0].body;
+    assert_eq!(body["backfillNow"], "33.33");
+    assert_eq!(body["mcc"], "460");
+    assert_eq!(stats.backfill_rates[0].answer, "0");
+    assert!(stats.duplicates.postbacks.is_empty());
+}
+
+#[tokio::test]
+async fn the_pages_own_request_samples_are_accepted_verbatim() {
+    let sim = simulator().await;
+    let http = reqwest::Client::new();
+    for (path, sample) in [
+        ("/otp/backfillRate", "backfill-rate.request.json"),
+        (
+            "/otp/verification/orderId/record",
+            "order-id-record.request.json",
+        ),
+    ] {
+        let body = std::fs::read(format!(
+            "{}/tests/fixtures/provider-pages/{sample}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let ts = chrono::Utc::now().timestamp();
+        let answer: serde_json::Value = http
+            .post(format!("{}{path}", sim.base_url()))
+            .header("Content-Type", "application/json;charset=UTF-8")
+            .header("Api-Key", DEMO_API_KEY)
+            .header("Timestamp", ts.to_string())
+            .header(
+                "Sign",
+                sign::sign(DEMO_API_KEY, &SecretString::from(DEMO_API_SECRET), ts),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "0", "{sample}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_bodies_and_missing_fields_are_minus_22() {
+    let sim = simulator().await;
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        ("/otp/verification/orderId/record", "{not json"),
+        ("/otp/verification/orderId/record", r#"{"appId":"a"}"#),
+        (
+            "/otp/postback/backfill",
+            r#"{"appId":"a","verificationId":"v","number":"1"}"#,
+        ),
+        (
+            "/otp/postback/backfill",
+            r#"{"appId":"a","verificationId":"v","number":"1","time":"1681184764"}"#,
+        ),
+        ("/sms/postback/backfill", "[]"),
+        (
+            "/otp/backfillRate",
+            r#"{"appId":"abc","mcc":"460","backfillNow":"1","callbackTime":"2023-01-29T09:59:58+08:00"}"#,
+        ),
+        (
+            "/otp/backfillRate",
+            r#"{"appId":"abcd","mcc":"460","backfillNow":"1.234","callbackTime":"2023-01-29T09:59:58+08:00"}"#,
+        ),
+        (
+            "/otp/backfillRate",
+            r#"{"appId":"abcd","mcc":"460","backfillNow":"1","callbackTime":"2023-01-29T09:59:58"}"#,
+        ),
+    ] {
+        let ts = chrono::Utc::now().timestamp();
+        let answer: serde_json::Value = http
+            .post(format!("{}{path}", sim.base_url()))
+            .header("Api-Key", DEMO_API_KEY)
+            .header("Timestamp", ts.to_string())
+            .header(
+                "Sign",
+                sign::sign(DEMO_API_KEY, &SecretString::from(DEMO_API_SECRET), ts),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "-22", "{path} {body}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn the_record_call_is_a_signed_get() {
+    use wiremock::matchers::{header, header_exists, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/otp/verification/record/22206051443051000003"))
+        .and(header("Api-Key", "bDqJFiq9"))
+        .and(header("Content-Type", "application/json;charset=UTF-8"))
+        .and(header_exists("Timestamp"))
+        .and(header_exists("Sign"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string(
+                std::fs::read_to_string(format!(
+                    "{}/tests/fixtures/provider-pages/verification-record.response.json",
+                    env!("CARGO_MANIFEST_DIR")
+                ))
+                .unwrap(),
+            ),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = ProviderClient::new(
+        &settings(&server.uri(), "bDqJFiq9", "s3cr3t"),
+        clock::system(),
+    )
+    .unwrap();
+    client
+        .record_by_verification_id("22206051443051000003")
+        .await
+        .unwrap();
+    let request = &server.received_requests().await.unwrap()[0];
+    let ts: i64 = request.headers["Timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (chrono::Utc::now().timestamp() - ts).abs() <= 5,
+        "signed when sent"
+    );
+    assert_eq!(
+        request.headers["Sign"].to_str().unwrap(),
+        sign::sign("bDqJFiq9", &SecretString::from("s3cr3t"), ts)
+    );
+    assert!(request.body.is_empty(), "a GET carries no body");
+}
+
+#[tokio::test]
+async fn the_client_never_shows_its_secret() {
+    let sim = simulator().await;
+    let client = ProviderClient::new(
+        &settings(&sim.base_url(), DEMO_API_KEY, "very-secret-value"),
+        clock::system(),
+    )
+    .unwrap();
+    assert!(!format!("{client:?}").contains("very-secret-value"));
+    let failure = client.record_by_verification_id("x").await.unwrap_err();
+    assert!(!format!("{failure:?} {failure}").contains("very-secret-value"));
+}
