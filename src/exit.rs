@@ -1,6 +1,8 @@
 //! The process's exit codes, as the README documents them, and how an error maps to one.
 
 use crate::config::ConfigError;
+use crate::db::DbError;
+use crate::import::ImportError;
 use crate::provider::Failure;
 
 /// Why the process ended.
@@ -16,6 +18,8 @@ pub enum Exit {
     Credentials,
     /// 4: the database is unusable or its schema does not match.
     Database,
+    /// 5: done, but some input lines were rejected (each reported on stderr).
+    Rejected,
     /// 130: interrupted by SIGINT or SIGTERM.
     Interrupted,
 }
@@ -28,6 +32,7 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Credentials => 3,
             Exit::Database => 4,
+            Exit::Rejected => 5,
             Exit::Interrupted => 130,
         }
     }
@@ -37,6 +42,16 @@ impl Exit {
         for cause in error.chain() {
             if cause.is::<ConfigError>() {
                 return Exit::Usage;
+            }
+            if cause.is::<DbError>() {
+                return Exit::Database;
+            }
+            match cause.downcast_ref::<ImportError>() {
+                Some(ImportError::Db(_)) => return Exit::Database,
+                Some(ImportError::Header(_) | ImportError::MissingColumns(..)) => {
+                    return Exit::Usage;
+                }
+                _ => {}
             }
             if let Some(Failure::Fatal { .. }) = cause.downcast_ref::<Failure>() {
                 return Exit::Credentials;

@@ -1,12 +1,22 @@
 //! otp-reconcile: a batch job that keeps a company's books with its OTP/SMS provider
 //! straight. See the README for what it does and how to run it.
 
+pub mod apps;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod db;
+pub mod decide;
 pub mod exit;
+pub mod import;
+pub mod pass;
+pub mod passes;
+pub mod progress;
 pub mod provider;
 pub mod record;
+pub mod sends;
+pub mod ser;
 pub mod shutdown;
 pub mod simulator;
+pub mod store;
 pub mod telemetry;

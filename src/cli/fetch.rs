@@ -4,7 +4,7 @@
 use super::ProviderArgs;
 use crate::clock;
 use crate::exit::Exit;
-use crate::provider::{ProviderClient, RetryPolicy};
+use crate::provider::{Gate, ProviderClient, RetryPolicy};
 use anyhow::Context;
 use clap::Args;
 
@@ -38,14 +38,22 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<Exit> {
         max_attempts: args.attempts.max(1),
         ..RetryPolicy::default()
     };
+    let gate = Gate::open();
     let fetched = match (&args.verification_id, &args.order_id) {
-        (Some(id), _) => policy.run(|| client.record_by_verification_id(id)).await,
+        (Some(id), _) => {
+            policy
+                .run(&gate, || client.record_by_verification_id(id))
+                .await
+        }
         (None, Some(order)) => {
             let app = args.app_id.as_deref().unwrap_or_default();
-            policy.run(|| client.record_by_order_id(app, order)).await
+            policy
+                .run(&gate, || client.record_by_order_id(app, order))
+                .await
         }
         (None, None) => unreachable!("clap requires one id"),
     }
+    .expect("an open gate never stops")
     .context("the provider did not answer with a record")?;
     let out = serde_json::json!({ "record": fetched.record, "raw": fetched.raw });
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -1,10 +1,15 @@
 //! The command line: flags and environment variables (12-factor), one subcommand per
 //! job. Each subcommand's module turns its arguments into settings and runs it.
 
+mod admin;
+mod demo;
 mod fetch;
+mod import;
+mod run;
 mod simulate;
 
 use crate::config::{self, ConfigError, ProviderSettings};
+use crate::db::{self, Db, DbError};
 use crate::exit::Exit;
 use crate::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand};
@@ -25,10 +30,45 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run one reconcile pass: claim due sends, fetch their records, store, decide.
+    Run(run::RunArgs),
+    /// The main job on a ready default: demo database, simulator, generated sends, a pass.
+    Demo(demo::DemoArgs),
+    /// Load sends from CSV.
+    Import(import::ImportArgs),
+    /// Apply the database schema.
+    Migrate(admin::MigrateArgs),
+    /// Register and list apps.
+    App(admin::AppArgs),
     /// Run the provider simulator on 127.0.0.1 (for tests, the demo and benchmarks).
     Simulate(simulate::SimulateArgs),
     /// Fetch one record from the provider and print it, parsed and raw.
     Fetch(fetch::FetchArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/dbname.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "DB_CONNECTIONS", default_value_t = 4)]
+    pub db_connections: u32,
+}
+
+impl DbArgs {
+    /// Connects, without checking the schema (for `migrate`).
+    pub async fn connect(&self) -> Result<Db, DbError> {
+        db::connect(&self.database_url, self.db_connections.max(2)).await
+    }
+
+    /// Connects and refuses a schema this binary does not know.
+    pub async fn connect_checked(&self) -> Result<Db, DbError> {
+        let db = self.connect().await?;
+        db::check_schema(&db).await?;
+        Ok(db)
+    }
 }
 
 /// How to reach the provider. The API secret comes from `PROVIDER_API_SECRET` or the
@@ -90,6 +130,11 @@ impl ProviderArgs {
 /// Runs the parsed command to its exit code.
 pub async fn run(cli: Cli) -> Exit {
     let outcome = match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Import(args) => import::run(args).await,
+        Command::Migrate(args) => admin::migrate(args).await,
+        Command::App(args) => admin::app(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Fetch(args) => fetch::run(args).await,
     };

@@ -6,13 +6,15 @@
 //! [`outcome::classify`], the only code that looks at status codes.
 
 pub mod api;
+pub mod gate;
 pub mod outcome;
 pub mod retry;
 pub mod sign;
 
 pub use api::{BackfillRate, Endpoint, OrderIdQuery, OtpPostback, SmsPostback};
+pub use gate::Gate;
 pub use outcome::{Failure, FatalCause, Transient};
-pub use retry::RetryPolicy;
+pub use retry::{RetryBudget, RetryPolicy};
 
 use crate::clock::SharedClock;
 use crate::config::ProviderSettings;

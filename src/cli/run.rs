@@ -1,0 +1,229 @@
+//! `otp-reconcile run`: one reconcile pass, or with `--dry-run` what it would do.
+
+use super::{DbArgs, ProviderArgs};
+use crate::clock::{self, SharedClock};
+use crate::config::ConfigError;
+use crate::db::{Db, DbError};
+use crate::decide::Schedule;
+use crate::exit::Exit;
+use crate::pass::{self, Deps, Ended, PassSettings, Summary};
+use crate::progress::Progress;
+use crate::provider::{ProviderClient, RetryBudget, RetryPolicy};
+use crate::sends;
+use clap::Args;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// Show what is due and the calls and time it would take; call and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// How a pass runs.
+#[derive(Debug, Clone, Args)]
+pub struct PassArgs {
+    /// Requests in flight at most.
+    #[arg(long, env = "PASS_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+    /// Requests per second for the whole pass (fractions allowed); unlimited if unset.
+    #[arg(long, env = "PASS_RATE")]
+    pub rate: Option<f64>,
+    /// Requests allowed at once above the rate.
+    #[arg(long, env = "PASS_BURST", default_value_t = 10)]
+    pub burst: u32,
+    /// Sends claimed at a time.
+    #[arg(long, env = "PASS_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// How long a claim holds a send; a crashed pass's sends come due again after it.
+    #[arg(long, env = "PASS_LEASE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+    /// Stop claiming after this long, let in-flight requests finish, release the rest.
+    #[arg(long, env = "PASS_MAX_RUNTIME", value_parser = humantime::parse_duration)]
+    pub max_runtime: Option<Duration>,
+    /// A send still not final this long after it was sent is expired.
+    #[arg(long, env = "PASS_MAX_AGE", default_value = "72h", value_parser = humantime::parse_duration)]
+    pub max_age: Duration,
+    /// A send the provider does not know is re-checked until this long after it was sent.
+    #[arg(long, env = "PASS_NOT_FOUND_GRACE", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub not_found_grace: Duration,
+    /// Delays between re-checks of a send still sending; the last repeats.
+    #[arg(long, env = "PASS_RECHECK_SCHEDULE", default_value = "2m,10m,1h,6h", value_parser = parse_schedule)]
+    pub recheck_schedule: Delays,
+    /// Delay before a later pass retries a send whose retries ran out.
+    #[arg(long, env = "PASS_TRANSIENT_DELAY", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub transient_delay: Duration,
+    /// Attempts per request, the first included (429s aside).
+    #[arg(long, env = "PASS_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: usize,
+    /// Retries the whole pass may spend.
+    #[arg(long, env = "PASS_RETRY_BUDGET", default_value_t = 20_000)]
+    pub retry_budget: u64,
+}
+
+/// The re-check delays, as parsed from the command line.
+#[derive(Debug, Clone)]
+pub struct Delays(pub Vec<Duration>);
+
+fn parse_schedule(s: &str) -> Result<Delays, String> {
+    let delays = s
+        .split(',')
+        .map(|d| humantime::parse_duration(d.trim()).map_err(|e| format!("{d:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.is_empty() || delays.iter().any(Duration::is_zero) {
+        return Err("give one or more positive delays, like 2m,10m,1h,6h".into());
+    }
+    Ok(Delays(delays))
+}
+
+impl PassArgs {
+    pub fn settings(&self) -> Result<PassSettings, ConfigError> {
+        if self.concurrency == 0 || self.batch_size == 0 || self.max_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "--concurrency, --batch-size and --max-attempts must be positive".into(),
+            ));
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err(ConfigError::Invalid(
+                "--rate must be a positive number".into(),
+            ));
+        }
+        Ok(PassSettings {
+            batch_size: self.batch_size,
+            write_batch: self.batch_size,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            burst: self.burst.max(1),
+            lease: self.lease,
+            max_runtime: self.max_runtime,
+            schedule: Schedule {
+                rechecks: self.recheck_schedule.0.clone(),
+                max_age: self.max_age,
+                not_found_grace: self.not_found_grace,
+                transient_delay: self.transient_delay,
+            },
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                budget: RetryBudget::new(self.retry_budget),
+                ..RetryPolicy::default()
+            },
+            max_attempts: self.max_attempts,
+            ..PassSettings::default()
+        })
+    }
+}
+
+/// A token cancelled at the first SIGINT/SIGTERM; a second one exits at once.
+pub fn interrupt_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        crate::shutdown::signalled().await;
+        tracing::warn!(
+            "stopping: no more claims, in-flight requests finish; signal again to exit at once"
+        );
+        cancel.cancel();
+        crate::shutdown::signalled().await;
+        eprintln!("otp-reconcile: second signal, exiting at once");
+        std::process::exit(i32::from(Exit::Interrupted.code()));
+    });
+    token
+}
+
+/// The exit code for how a pass ended.
+pub fn exit_for(summary: &Summary) -> Exit {
+    match summary.ended {
+        Ended::Done | Ended::MaxRuntime => Exit::Done,
+        Ended::CredentialsRefused => Exit::Credentials,
+        Ended::Interrupted => Exit::Interrupted,
+        Ended::Failed => Exit::Database,
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
+    let settings = args.pass.settings()?;
+    if args.dry_run {
+        let db = args.db.connect_checked().await?;
+        dry_run(&db, &settings, clock::system()).await?;
+        return Ok(Exit::Done);
+    }
+    let provider = args.provider.settings()?;
+    let db = args.db.connect_checked().await?;
+    let client = ProviderClient::new(&provider, clock::system())?;
+    let summary = pass_with_progress(
+        &db,
+        &client,
+        clock::system(),
+        &settings,
+        interrupt_on_signal(),
+    )
+    .await?;
+    eprintln!("{}", summary.render());
+    Ok(exit_for(&summary))
+}
+
+/// Runs one pass with a progress bar sized by what is due now.
+pub async fn pass_with_progress(
+    db: &Db,
+    client: &ProviderClient,
+    clock: SharedClock,
+    settings: &PassSettings,
+    interrupt: CancellationToken,
+) -> Result<Summary, DbError> {
+    let due: i64 = sends::due(db, clock.now(), settings.shard)
+        .await?
+        .iter()
+        .map(|d| d.count)
+        .sum();
+    let progress = Progress::new(due.max(0) as u64, "sends");
+    pass::run(
+        Deps {
+            db,
+            client,
+            clock,
+            interrupt,
+            progress,
+        },
+        settings,
+    )
+    .await
+}
+
+/// Prints what is due, by state and app, and the calls and time a pass would take.
+async fn dry_run(db: &Db, settings: &PassSettings, clock: SharedClock) -> Result<(), DbError> {
+    let due = sends::due(db, clock.now(), settings.shard).await?;
+    let total: i64 = due.iter().map(|d| d.count).sum();
+    println!("{:<10} {:<34} {:>10}  oldest due", "state", "app", "due");
+    for d in &due {
+        println!(
+            "{:<10} {:<34} {:>10}  {}",
+            d.state,
+            d.app_id,
+            d.count,
+            d.oldest_due.to_rfc3339()
+        );
+    }
+    println!("{total} sends due: {total} record fetches, plus retries on transient failures");
+    match settings.rate {
+        Some(rate) => println!(
+            "at --rate {rate}/s that takes at least {}",
+            humantime::format_duration(Duration::from_secs_f64((total as f64 / rate).ceil()))
+        ),
+        None => println!(
+            "no --rate: the time is set by the provider's latency at --concurrency {} \
+             (about {} at 100 ms per request)",
+            settings.concurrency,
+            humantime::format_duration(Duration::from_secs_f64(
+                (total as f64 * 0.1 / settings.concurrency as f64).ceil()
+            ))
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The database: connecting, the embedded migrations, and the schema check that keeps a
+//! binary from working on a schema it does not know. Each table's SQL lives in the
+//! module that owns the table (`apps`, `sends`, `store`, `passes`).
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The migrations in `migrations/`, embedded at build time (no database needed to build).
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// The database cannot be used. Maps to exit code 4.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a PostgreSQL URL")]
+    BadUrl(#[source] sqlx::Error),
+    #[error("cannot connect to the database")]
+    Connect(#[source] sqlx::Error),
+    #[error("database error")]
+    Query(#[from] sqlx::Error),
+    #[error("cannot apply the migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database schema is older than this binary (missing migrations {missing:?}): \
+         run `otp-reconcile migrate`"
+    )]
+    SchemaOlder { missing: Vec<i64> },
+    #[error(
+        "the database schema is newer than this binary (unknown migrations {unknown:?}): \
+         use a newer otp-reconcile"
+    )]
+    SchemaNewer { unknown: Vec<i64> },
+    #[error("migration {0} in the database differs from this binary's; the schema was edited")]
+    SchemaEdited(i64),
+}
+
+/// A pool and a count of the statements the job sent through it (for the benchmark's
+/// "statements per send"). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: PgPool,
+    statements: Arc<AtomicU64>,
+}
+
+impl Db {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            statements: Arc::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Notes `n` statements sent (BEGIN and COMMIT included).
+    pub fn counted(&self, n: u64) {
+        self.statements.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+}
+
+/// Connects a pool of up to `max_connections`.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(DbError::BadUrl)?
+        .application_name("otp-reconcile");
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(DbError::Connect)?;
+    Ok(Db::new(pool))
+}
+
+/// Applies every migration the database lacks.
+pub async fn migrate(db: &Db) -> Result<(), DbError> {
+    MIGRATOR.run(db.pool()).await?;
+    Ok(())
+}
+
+/// Refuses a schema that is older or newer than this binary's migrations.
+pub async fn check_schema(db: &Db) -> Result<(), DbError> {
+    let table_exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(db.pool())
+            .await?;
+    let applied: Vec<(i64, Vec<u8>, bool)> = if table_exists {
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+            .fetch_all(db.pool())
+            .await?
+    } else {
+        Vec::new()
+    };
+    let ours: BTreeSet<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let theirs: BTreeSet<i64> = applied
+        .iter()
+        .filter(|(_, _, ok)| *ok)
+        .map(|(v, _, _)| *v)
+        .collect();
+    let unknown: Vec<i64> = theirs.difference(&ours).copied().collect();
+    if !unknown.is_empty() {
+        return Err(DbError::SchemaNewer { unknown });
+    }
+    let missing: Vec<i64> = ours.difference(&theirs).copied().collect();
+    if !missing.is_empty() {
+        return Err(DbError::SchemaOlder { missing });
+    }
+    for migration in MIGRATOR.iter() {
+        let stored = applied.iter().find(|(v, _, _)| *v == migration.version);
+        if stored.is_some_and(|(_, checksum, _)| checksum.as_slice() != &*migration.checksum) {
+            return Err(DbError::SchemaEdited(migration.version));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the database named in `url` if it does not exist (for the demo and the
+/// benchmark), connecting to the server's `postgres` database to do so.
+pub async fn create_database_if_missing(url: &str) -> Result<(), DbError> {
+    let options = PgConnectOptions::from_str(url).map_err(DbError::BadUrl)?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let admin = options.clone().database("postgres");
+    let mut conn = admin.connect().await.map_err(DbError::Connect)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        // CREATE DATABASE takes no bind parameters; the name is quoted as an identifier.
+        let statement = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! A pass's counts, as they are recorded in `passes`, printed, and written as JSON.
+
+use crate::decide::Recheck;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How a pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ended {
+    /// Nothing was due any more.
+    Done,
+    /// `--max-runtime` elapsed; what had not started was released.
+    MaxRuntime,
+    /// The provider refused our credentials or IP (-1, -2, HTTP 401/403).
+    CredentialsRefused,
+    /// SIGINT or SIGTERM.
+    Interrupted,
+    /// The database failed mid-pass.
+    Failed,
+}
+
+impl Ended {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Done => "done",
+            Ended::MaxRuntime => "max_runtime",
+            Ended::CredentialsRefused => "credentials_refused",
+            Ended::Interrupted => "interrupted",
+            Ended::Failed => "failed",
+        }
+    }
+}
+
+/// Live counters, shared by the pass's tasks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub claimed: AtomicU64,
+    pub settled: AtomicU64,
+    pub still_sending: AtomicU64,
+    pub not_yet_visible: AtomicU64,
+    pub unreadable: AtomicU64,
+    pub transient: AtomicU64,
+    pub rejected: AtomicU64,
+    pub expired: AtomicU64,
+    pub released: AtomicU64,
+    pub lease_lost: AtomicU64,
+    pub records_changed: AtomicU64,
+    pub attempts_changed: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn recheck(&self, why: Recheck) -> &AtomicU64 {
+        match why {
+            Recheck::StillSending => &self.still_sending,
+            Recheck::NotYetVisible => &self.not_yet_visible,
+            Recheck::Unreadable => &self.unreadable,
+            Recheck::Transient => &self.transient,
+        }
+    }
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Why sends were left for a later check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Rechecks {
+    pub still_sending: u64,
+    pub not_yet_visible: u64,
+    pub unreadable: u64,
+    /// Retries ran out on transient failures (timeouts, 5xx, 429, -18, -16...).
+    pub transient: u64,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub pass_id: i64,
+    pub ended: Ended,
+    pub claimed: u64,
+    /// Sends checked and written (settled + re-checks + rejected + expired).
+    pub checked: u64,
+    pub settled: u64,
+    pub rechecks: u64,
+    pub recheck_reasons: Rechecks,
+    pub rejected: u64,
+    pub expired: u64,
+    /// Claimed but not checked (stopping), given back with no check counted.
+    pub released: u64,
+    /// Checked, but the lease had expired and another pass held the send: not written.
+    pub lease_lost: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub records_changed: u64,
+    pub attempts_changed: u64,
+    pub db_statements: u64,
+    pub elapsed_secs: f64,
+    pub sends_per_sec: f64,
+    pub requests_per_sec: f64,
+    pub db_statements_per_send: f64,
+    /// The process's peak resident memory so far (Linux VmHWM), in KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// The fatal answer or database error that ended the pass.
+    pub error: Option<String>,
+}
+
+/// The numbers a pass hands over for its summary.
+pub struct Totals<'a> {
+    pub pass_id: i64,
+    pub ended: Ended,
+    pub counters: &'a Counters,
+    pub requests: u64,
+    pub retries: u64,
+    pub db_statements: u64,
+    pub elapsed_secs: f64,
+    pub error: Option<String>,
+}
+
+impl Summary {
+    pub fn new(t: Totals) -> Self {
+        let c = t.counters;
+        let recheck_reasons = Rechecks {
+            still_sending: get(&c.still_sending),
+            not_yet_visible: get(&c.not_yet_visible),
+            unreadable: get(&c.unreadable),
+            transient: get(&c.transient),
+        };
+        let rechecks = recheck_reasons.still_sending
+            + recheck_reasons.not_yet_visible
+            + recheck_reasons.unreadable
+            + recheck_reasons.transient;
+        let checked = get(&c.settled) + rechecks + get(&c.rejected) + get(&c.expired);
+        let per_sec = |n: u64| {
+            if t.elapsed_secs > 0.0 {
+                (n as f64 / t.elapsed_secs * 10.0).round() / 10.0
+            } else {
+                0.0
+            }
+        };
+        Summary {
+            pass_id: t.pass_id,
+            ended: t.ended,
+            claimed: get(&c.claimed),
+            checked,
+            settled: get(&c.settled),
+            rechecks,
+            recheck_reasons,
+            rejected: get(&c.rejected),
+            expired: get(&c.expired),
+            released: get(&c.released),
+            lease_lost: get(&c.lease_lost),
+            requests: t.requests,
+            retries: t.retries,
+            records_changed: get(&c.records_changed),
+            attempts_changed: get(&c.attempts_changed),
+            db_statements: t.db_statements,
+            elapsed_secs: (t.elapsed_secs * 1000.0).round() / 1000.0,
+            sends_per_sec: per_sec(checked),
+            requests_per_sec: per_sec(t.requests),
+            db_statements_per_send: if checked > 0 {
+                (t.db_statements as f64 / checked as f64 * 1000.0).round() / 1000.0
+            } else {
+                0.0
+            },
+            peak_rss_kib: peak_rss_kib(),
+            error: t.error,
+        }
+    }
+
+    /// The summary as a few lines for a terminal or a log.
+    pub fn render(&self) -> String {
+        let r = &self.recheck_reasons;
+        format!(
+            "pass {id} ended: {ended}{error}\n\
+             claimed {claimed}, checked {checked}: settled {settled}, re-check later {rechecks} \
+             (still sending {ss}, not yet visible {nv}, unreadable {ur}, transient failures {tf}), \
+             rejected {rejected}, expired {expired}\n\
+             released unchecked {released}, lease lost {lost}; requests {requests} ({retries} retries); \
+             records changed {rc}, attempts changed {ac}\n\
+             {elapsed:.1} s: {sps:.0} sends/s, {rps:.0} requests/s, {stmts:.3} database statements per send{rss}",
+            id = self.pass_id,
+            ended = self.ended.as_str(),
+            error = self
+                .error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            claimed = self.claimed,
+            checked = self.checked,
+            settled = self.settled,
+            rechecks = self.rechecks,
+            ss = r.still_sending,
+            nv = r.not_yet_visible,
+            ur = r.unreadable,
+            tf = r.transient,
+            rejected = self.rejected,
+            expired = self.expired,
+            released = self.released,
+            lost = self.lease_lost,
+            requests = self.requests,
+            retries = self.retries,
+            rc = self.records_changed,
+            ac = self.attempts_changed,
+            elapsed = self.elapsed_secs,
+            sps = self.sends_per_sec,
+            rps = self.requests_per_sec,
+            stmts = self.db_statements_per_send,
+            rss = self
+                .peak_rss_kib
+                .map(|k| format!(", peak RSS {:.1} MiB", k as f64 / 1024.0))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// Peak resident set size of this process, from /proc (Linux only).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

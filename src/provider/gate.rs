@@ -1,0 +1,102 @@
+//! The one gate every request of a pass goes through: a stop token (no request starts
+//! once the pass is stopping), a pause the provider asked for with 429, and the shared
+//! rate limit (governor). It also counts the requests it let through.
+
+use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+pub struct Gate {
+    limiter: Option<DefaultDirectRateLimiter>,
+    paused_until: Mutex<Option<Instant>>,
+    stop: CancellationToken,
+    admitted: AtomicU64,
+}
+
+impl Gate {
+    /// `rate` requests per second (fractions allowed, for shards) with `burst`;
+    /// `None` for no limit.
+    pub fn new(rate: Option<f64>, burst: u32, stop: CancellationToken) -> Self {
+        let limiter = rate.filter(|r| *r > 0.0).map(|rate| {
+            let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+            let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::with_period(period)
+                .expect("a positive period")
+                .allow_burst(burst);
+            RateLimiter::direct(quota)
+        });
+        Self {
+            limiter,
+            paused_until: Mutex::new(None),
+            stop,
+            admitted: AtomicU64::new(0),
+        }
+    }
+
+    /// No limit, never stopped: for one-off calls.
+    pub fn open() -> Self {
+        Self::new(None, 1, CancellationToken::new())
+    }
+
+    /// Waits for any pause and for the rate limit. False, without waiting further, once
+    /// the pass is stopping: the request must not be sent.
+    pub async fn admit(&self) -> bool {
+        loop {
+            let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+            match paused {
+                Some(until) if until > Instant::now() => {
+                    if !self.sleep_until(until).await {
+                        return false;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if let Some(limiter) = &self.limiter {
+            tokio::select! {
+                _ = limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(2))) => {}
+                _ = self.stop.cancelled() => return false,
+            }
+        }
+        if self.stop.is_cancelled() {
+            return false;
+        }
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Holds every request for `delay` (the provider's `Retry-After`).
+    pub fn pause_for(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Sleeps `delay`; false if the pass started stopping meanwhile.
+    pub async fn sleep(&self, delay: Duration) -> bool {
+        self.sleep_until(Instant::now() + delay).await
+    }
+
+    async fn sleep_until(&self, until: Instant) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => !self.stop.is_cancelled(),
+            _ = self.stop.cancelled() => false,
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Requests let through so far.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,286 @@
+//! The `sends` table: inserting sends, claiming due ones under a lease, completing them
+//! with the lease token in the `WHERE`, and releasing what a pass did not finish.
+//! Every write is one statement for the whole batch.
+
+use crate::db::Db;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where a send is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum SendState {
+    Pending,
+    Recheck,
+    Settled,
+    Expired,
+    Rejected,
+}
+
+impl SendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendState::Pending => "pending",
+            SendState::Recheck => "recheck",
+            SendState::Settled => "settled",
+            SendState::Expired => "expired",
+            SendState::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => SendState::Pending,
+            "recheck" => SendState::Recheck,
+            "settled" => SendState::Settled,
+            "expired" => SendState::Expired,
+            "rejected" => SendState::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// A send to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSend {
+    pub app_id: String,
+    pub verification_id: Option<String>,
+    pub order_id: Option<String>,
+    pub number: Option<String>,
+    pub channel: Option<String>,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// Inserts sends, skipping any whose id is already there. Due at once.
+/// Answers how many were new.
+pub async fn insert(db: &Db, sends: &[NewSend]) -> Result<u64, sqlx::Error> {
+    if sends.is_empty() {
+        return Ok(0);
+    }
+    let col = |f: fn(&NewSend) -> Option<String>| sends.iter().map(f).collect::<Vec<_>>();
+    db.counted(1);
+    let inserted = sqlx::query(
+        "INSERT INTO sends (app_id, verification_id, order_id, number, channel, sent_at, next_check_at)
+         SELECT app_id, verification_id, order_id, number, channel, sent_at, sent_at
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+              AS t(app_id, verification_id, order_id, number, channel, sent_at)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(col(|s| Some(s.app_id.clone())))
+    .bind(col(|s| s.verification_id.clone()))
+    .bind(col(|s| s.order_id.clone()))
+    .bind(col(|s| s.number.clone()))
+    .bind(col(|s| s.channel.clone()))
+    .bind(sends.iter().map(|s| s.sent_at).collect::<Vec<_>>())
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(inserted)
+}
+
+/// The SQL condition "this send is in shard `$index` of `$of`" (both NULL-able: no
+/// shard means every send). The hash is the first 32 bits of the md5 of the send's id,
+/// stable across PostgreSQL versions and machines.
+macro_rules! in_shard {
+    ($index:literal, $of:literal) => {
+        concat!(
+            "(", $index, "::int IS NULL OR mod(('x' || substr(md5(coalesce(verification_id, app_id || ':' || order_id)), 1, 8))::bit(32)::bigint, ",
+            $of, ") = ", $index, ")"
+        )
+    };
+}
+
+/// Which slice of the sends a pass works on: sends whose stable hash modulo `of`
+/// equals `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    pub index: u32,
+    pub of: u32,
+}
+
+/// A send claimed by a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: i64,
+    pub app_id: String,
+    pub verification_id: Option<String>,
+    pub order_id: Option<String>,
+    pub number: Option<String>,
+    pub sent_at: DateTime<Utc>,
+    pub state: SendState,
+    /// Checks made before this one.
+    pub attempts: i32,
+    pub lease: Uuid,
+}
+
+/// Claims up to `limit` due sends for `lease_for`, committed at once. While leased, a
+/// send's `next_check_at` is its lease expiry, so a crashed pass's sends come due again
+/// by themselves and claiming never walks over leased rows.
+pub async fn claim(
+    db: &Db,
+    now: DateTime<Utc>,
+    limit: i64,
+    lease_for: Duration,
+    owner: &str,
+    shard: Option<Shard>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let token = Uuid::new_v4();
+    let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+    db.counted(1);
+    let rows = sqlx::query(concat!(
+        "WITH due AS (
+             SELECT id FROM sends
+             WHERE state IN ('pending', 'recheck') AND next_check_at <= $1 AND ",
+        in_shard!("$5", "$6"),
+        "
+             ORDER BY next_check_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)
+         UPDATE sends s
+         SET lease_token = $3, lease_owner = $4, lease_expires_at = $7,
+             next_check_at = $7, updated_at = $1
+         FROM due WHERE s.id = due.id
+         RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
+                   s.state, s.attempts",
+    ))
+    .bind(now)
+    .bind(limit)
+    .bind(token)
+    .bind(owner)
+    .bind(shard.map(|s| s.index as i32))
+    .bind(shard.map_or(1, |s| i64::from(s.of)))
+    .bind(expires)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let state: String = row.try_get("state")?;
+            Ok(Claimed {
+                id: row.try_get("id")?,
+                app_id: row.try_get("app_id")?,
+                verification_id: row.try_get("verification_id")?,
+                order_id: row.try_get("order_id")?,
+                number: row.try_get("number")?,
+                sent_at: row.try_get("sent_at")?,
+                state: SendState::parse(&state).unwrap_or(SendState::Recheck),
+                attempts: row.try_get("attempts")?,
+                lease: token,
+            })
+        })
+        .collect()
+}
+
+/// How a checked send ends this pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub id: i64,
+    pub lease: Uuid,
+    pub state: SendState,
+    pub next_check_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+/// Writes the checked sends still held under their lease, in the caller's transaction;
+/// answers the ids written. A send whose lease expired and was claimed again is left
+/// as its new holder has it. The rows written stay locked until the transaction ends.
+pub async fn complete(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    done: &[Completion],
+) -> Result<Vec<i64>, sqlx::Error> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "UPDATE sends s
+         SET state = u.state, attempts = s.attempts + 1, next_check_at = u.next_check_at,
+             last_error = u.last_error, last_checked_at = $1, updated_at = $1,
+             lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
+              AS u(id, lease, state, next_check_at, last_error)
+         WHERE s.id = u.id AND s.lease_token = u.lease
+         RETURNING s.id",
+    )
+    .bind(now)
+    .bind(done.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(done.iter().map(|c| c.lease).collect::<Vec<_>>())
+    .bind(done.iter().map(|c| c.state.as_str()).collect::<Vec<_>>())
+    .bind(done.iter().map(|c| c.next_check_at).collect::<Vec<_>>())
+    .bind(
+        done.iter()
+            .map(|c| c.last_error.clone())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Gives back sends a pass claimed but did not check: due again at once, no check
+/// counted. Answers how many were still held.
+pub async fn release(
+    db: &Db,
+    now: DateTime<Utc>,
+    held: &[(i64, Uuid)],
+) -> Result<u64, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    db.counted(1);
+    Ok(sqlx::query(
+        "UPDATE sends s
+         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+             next_check_at = $1, updated_at = $1
+         FROM unnest($2::bigint[], $3::uuid[]) AS u(id, lease)
+         WHERE s.id = u.id AND s.lease_token = u.lease",
+    )
+    .bind(now)
+    .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(held.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
+    .execute(db.pool())
+    .await?
+    .rows_affected())
+}
+
+/// Due sends per state and app: what a pass would claim now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Due {
+    pub state: String,
+    pub app_id: String,
+    pub count: i64,
+    pub oldest_due: DateTime<Utc>,
+}
+
+pub async fn due(
+    db: &Db,
+    now: DateTime<Utc>,
+    shard: Option<Shard>,
+) -> Result<Vec<Due>, sqlx::Error> {
+    db.counted(1);
+    let rows = sqlx::query(concat!(
+        "SELECT state, app_id, count(*) AS count, min(next_check_at) AS oldest_due
+         FROM sends
+         WHERE state IN ('pending', 'recheck') AND next_check_at <= $1 AND ",
+        in_shard!("$2", "$3"),
+        "
+         GROUP BY state, app_id
+         ORDER BY state, app_id",
+    ))
+    .bind(now)
+    .bind(shard.map(|s| s.index as i32))
+    .bind(shard.map_or(1, |s| i64::from(s.of)))
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Due {
+                state: r.try_get("state")?,
+                app_id: r.try_get("app_id")?,
+                count: r.try_get("count")?,
+                oldest_due: r.try_get("oldest_due")?,
+            })
+        })
+        .collect()
+}
