@@ -5,7 +5,7 @@
 use otp_reconcile::clock::{self, SkewedClock};
 use otp_reconcile::config::ProviderSettings;
 use otp_reconcile::provider::{
-    BackfillRate, Failure, FatalCause, OtpPostback, ProviderClient, RetryPolicy, SmsPostback,
+    BackfillRate, Failure, FatalCause, Gate, OtpPostback, ProviderClient, RetryPolicy, SmsPostback,
     Transient, sign,
 };
 use otp_reconcile::simulator::{
@@ -179,7 +179,7 @@ async fn every_provider_status_code_is_classified() {
 async fn every_http_fault_is_classified() {
     let sim = simulator().await;
     let client = client(&sim);
-    let cases: [(Fault, Expect); 9] = [
+    let cases: [(Fault, Expect); 11] = [
         (Fault::Http(500), |f| {
             matches!(
                 f,
@@ -256,6 +256,14 @@ async fn every_http_fault_is_classified() {
                 }
             )
         }),
+        (Fault::BadRecord, |f| {
+            matches!(f, Failure::Unreadable { problem }
+                if problem.contains("\"1e5\"") || problem.contains("verifiedDate"))
+        }),
+        (
+            Fault::Oversized,
+            |f| matches!(f, Failure::Unreadable { problem } if problem.contains("larger than 1048576 bytes")),
+        ),
     ];
     sim.set_faults(Faults {
         stall_ms: Some(5_000),
@@ -276,6 +284,8 @@ async fn every_http_fault_is_classified() {
         "stall",
         "malformed",
         "truncated",
+        "bad_record",
+        "oversized",
     ] {
         assert_eq!(
             stats.answered("record_by_verification_id", label),
@@ -357,8 +367,9 @@ async fn a_retry_after_minus_16_carries_a_new_timestamp_and_sign() {
     let id = final_id(&sim, 2);
     sim.script(Some(&id), [Fault::Status(-16)]);
     let fetched = quick()
-        .run(|| client.record_by_verification_id(&id))
+        .run(&Gate::open(), || client.record_by_verification_id(&id))
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(fetched.record.verification_id.as_deref(), Some(id.as_str()));
 
@@ -385,16 +396,20 @@ async fn transient_faults_are_retried_and_rejections_are_not() {
     sim.script(Some(&id), [Fault::Http(503), Fault::Malformed]);
     assert!(
         quick()
-            .run(|| client.record_by_verification_id(&id))
+            .run(&Gate::open(), || client.record_by_verification_id(&id))
             .await
+            .unwrap()
             .is_ok()
     );
     assert_eq!(sim.stats().fetches[&id].requests, 3);
 
     sim.script(Some("rejected"), [Fault::Status(-22), Fault::Ok]);
     let out = quick()
-        .run(|| client.record_by_verification_id("rejected"))
-        .await;
+        .run(&Gate::open(), || {
+            client.record_by_verification_id("rejected")
+        })
+        .await
+        .unwrap();
     assert!(matches!(out, Err(Failure::Rejected { .. })));
     assert_eq!(sim.stats().fetches["rejected"].requests, 1);
 }

@@ -71,6 +71,12 @@ pub struct SimulateArgs {
     /// Share answered with the JSON cut in half.
     #[arg(long, default_value_t = 0.0)]
     pub truncated: f64,
+    /// Share answered with a record whose money does not parse ("1e5").
+    #[arg(long, default_value_t = 0.0)]
+    pub bad_record: f64,
+    /// Share answered with more than 2 MiB.
+    #[arg(long, default_value_t = 0.0)]
+    pub oversized: f64,
     /// Share answered with a provider status code, as CODE=SHARE (repeatable: -18=0.01).
     #[arg(long = "status", value_parser = parse_status_share, allow_hyphen_values = true)]
     pub statuses: Vec<(i64, f64)>,
@@ -179,6 +185,8 @@ impl SimulateArgs {
                     stall: self.stall,
                     malformed: self.malformed,
                     truncated: self.truncated,
+                    bad_record: self.bad_record,
+                    oversized: self.oversized,
                     status: self.statuses.iter().copied().collect::<BTreeMap<_, _>>(),
                 },
             },

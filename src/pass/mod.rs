@@ -105,11 +105,14 @@ pub struct Deps<'a> {
     pub progress: Progress,
 }
 
+/// A checked send as the writer holds it.
+type CheckedSend = (Claimed, Option<Box<Fetched>>, Decision);
+
 /// A checked send, on its way to the writer.
 enum Done {
     Checked {
         send: Claimed,
-        fetched: Option<Fetched>,
+        fetched: Option<Box<Fetched>>,
         decision: Decision,
     },
     /// Claimed but not checked: give it back.
@@ -321,7 +324,7 @@ impl Ctx<'_> {
                 .expect("only fatal failures are left undecided");
             Done::Checked {
                 send,
-                fetched: outcome.ok(),
+                fetched: outcome.ok().map(Box::new),
                 decision,
             }
         }
@@ -366,7 +369,7 @@ impl Ctx<'_> {
 
     async fn flush(
         &self,
-        checked: &mut Vec<(Claimed, Option<Fetched>, Decision)>,
+        checked: &mut Vec<CheckedSend>,
         released: &mut Vec<Claimed>,
     ) -> Result<(), DbError> {
         if !checked.is_empty() {
@@ -383,10 +386,7 @@ impl Ctx<'_> {
     }
 
     /// One transaction: complete the sends still held, then store their records.
-    async fn write_checked(
-        &self,
-        batch: &[(Claimed, Option<Fetched>, Decision)],
-    ) -> Result<(), DbError> {
+    async fn write_checked(&self, batch: &[CheckedSend]) -> Result<(), DbError> {
         let now = self.clock.now();
         let completions: Vec<Completion> = batch
             .iter()
@@ -400,7 +400,7 @@ impl Ctx<'_> {
             .collect();
         let fetched: Vec<(i64, &Fetched)> = batch
             .iter()
-            .filter_map(|(send, f, _)| f.as_ref().map(|f| (send.id, f)))
+            .filter_map(|(send, f, _)| f.as_deref().map(|f| (send.id, f)))
             .collect();
         let mut tx = self.db.pool().begin().await?;
         let held = sends::complete(&mut tx, now, &completions).await?;

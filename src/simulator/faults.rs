@@ -29,6 +29,11 @@ pub enum Fault {
     Malformed,
     /// HTTP 200 with the real answer cut in half.
     Truncated,
+    /// Status 0 with a record whose first money field is `"1e5"` (or, without one, a
+    /// verification time that is not a time): an answer that cannot be read.
+    BadRecord,
+    /// Status 0 with the real answer padded past 2 MiB.
+    Oversized,
     /// HTTP 200 with this provider status code (-1, -2, -14, -16, -18, -22...).
     Status(i64),
 }
@@ -43,6 +48,8 @@ impl fmt::Display for Fault {
             Fault::Stall => f.write_str("stall"),
             Fault::Malformed => f.write_str("malformed"),
             Fault::Truncated => f.write_str("truncated"),
+            Fault::BadRecord => f.write_str("bad-record"),
+            Fault::Oversized => f.write_str("oversized"),
             Fault::Status(code) => write!(f, "{code}"),
         }
     }
@@ -61,6 +68,8 @@ impl FromStr for Fault {
             "stall" => Fault::Stall,
             "malformed" => Fault::Malformed,
             "truncated" => Fault::Truncated,
+            "bad-record" => Fault::BadRecord,
+            "oversized" => Fault::Oversized,
             "429" => Fault::TooManyRequests { retry_after: 1 },
             _ => {
                 if let Some(secs) = s.strip_prefix("429:") {
@@ -77,7 +86,8 @@ impl FromStr for Fault {
                         _ => {
                             return Err(format!(
                                 "unknown fault {s:?}: use ok, drop, stall, malformed, truncated, \
-                             an HTTP status, 429:SECONDS or a provider code like -16"
+                             bad-record, oversized, an HTTP status, 429:SECONDS or a provider \
+                             code like -16"
                             ));
                         }
                     }
@@ -138,6 +148,8 @@ pub struct FaultRates {
     pub stall: f64,
     pub malformed: f64,
     pub truncated: f64,
+    pub bad_record: f64,
+    pub oversized: f64,
     /// Provider status codes by share, e.g. {"-18": 0.01}.
     pub status: BTreeMap<i64, f64>,
 }
@@ -164,6 +176,8 @@ impl Faults {
             (r.stall, Fault::Stall),
             (r.malformed, Fault::Malformed),
             (r.truncated, Fault::Truncated),
+            (r.bad_record, Fault::BadRecord),
+            (r.oversized, Fault::Oversized),
         ];
         let statuses = r
             .status
@@ -224,13 +238,13 @@ mod tests {
     #[test]
     fn faults_parse_and_print_back() {
         let script = parse_script(
-            "ok,500,503,429,429:3,drop,stall,malformed,truncated,-1,-2,-14,-16,-18,-22",
+            "ok,500,503,429,429:3,drop,stall,malformed,truncated,bad-record,oversized,-1,-2,-14,-16,-18,-22",
         )
         .unwrap();
         let printed: Vec<String> = script.iter().map(ToString::to_string).collect();
         assert_eq!(
             printed.join(","),
-            "ok,500,503,429:1,429:3,drop,stall,malformed,truncated,-1,-2,-14,-16,-18,-22"
+            "ok,500,503,429:1,429:3,drop,stall,malformed,truncated,bad-record,oversized,-1,-2,-14,-16,-18,-22"
         );
         assert!(parse_script("boom").is_err());
         assert!(parse_script("700").is_err());

@@ -155,6 +155,22 @@ async fn answer(
             full.label = "truncated".into();
             full
         }
+        Fault::BadRecord | Fault::Oversized => {
+            let full = respond(&state, false);
+            let mut answer: Value = serde_json::from_slice(&full.body).unwrap_or(Value::Null);
+            let label = if fault == Fault::BadRecord {
+                spoil(&mut answer["data"]);
+                "bad_record"
+            } else {
+                answer["padding"] = Value::from(" ".repeat(2 * 1024 * 1024 + 1));
+                "oversized"
+            };
+            Reply {
+                body: serde_json::to_vec(&answer).expect("JSON serializes"),
+                label: label.into(),
+                ..full
+            }
+        }
         Fault::Drop | Fault::Stall => {
             let label = if fault == Fault::Drop {
                 "drop"
@@ -170,6 +186,25 @@ async fn answer(
     };
     log(&state, endpoint, key, headers, body, &reply.label);
     reply.into_response()
+}
+
+/// Makes a record unreadable: its first sms or call money field becomes `"1e5"`,
+/// or, without one, its verification time stops being a time.
+fn spoil(data: &mut Value) {
+    for (channel, field) in [("sms", "pay"), ("call", "cost")] {
+        let attempt = match &mut data[channel] {
+            Value::Array(items) => items.first_mut(),
+            object @ Value::Object(_) => Some(object),
+            _ => None,
+        };
+        if let Some(Value::Object(attempt)) = attempt {
+            attempt.insert(field.into(), Value::from("1e5"));
+            return;
+        }
+    }
+    if data.is_object() {
+        data["verifications"]["verifiedDate"] = Value::from("yesterday");
+    }
 }
 
 fn log(

@@ -1,0 +1,333 @@
+//! Shared by the integration tests: a database per test (`#[sqlx::test]`), the
+//! simulator on loopback, and ways to compare what was stored with what it served.
+#![allow(dead_code)]
+
+use chrono::{DateTime, Utc};
+use otp_reconcile::apps;
+use otp_reconcile::clock;
+use otp_reconcile::config::ProviderSettings;
+use otp_reconcile::db::Db;
+use otp_reconcile::pass::{self, Deps, PassSettings, Summary};
+use otp_reconcile::progress::Progress;
+use otp_reconcile::provider::{ProviderClient, RetryPolicy};
+use otp_reconcile::record::Record;
+use otp_reconcile::sends::{self, NewSend};
+use otp_reconcile::simulator::{DEMO_API_KEY, DEMO_API_SECRET, Lookup, SimHandle};
+use rust_decimal::Decimal;
+use secrecy::SecretString;
+use sqlx::{PgPool, Row};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const APP: &str = "app-test";
+
+/// The URL of the test's own database, for the binary.
+pub fn db_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+    let name = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
+    url.set_path(&name);
+    url.to_string()
+}
+
+pub async fn db_with_app(pool: &PgPool) -> Db {
+    let db = Db::new(pool.clone());
+    apps::add(&db, APP, Some("tests")).await.unwrap();
+    db
+}
+
+/// `n` sends sent a minute ago: every fifth by order id, the rest by verification id.
+pub fn new_sends(n: usize, prefix: &str) -> Vec<NewSend> {
+    let sent_at = Utc::now() - chrono::Duration::minutes(1);
+    (0..n)
+        .map(|i| {
+            let by_order = i % 5 == 4;
+            NewSend {
+                app_id: APP.into(),
+                verification_id: (!by_order).then(|| format!("{prefix}-v{i}")),
+                order_id: by_order.then(|| format!("{prefix}-o{i}")),
+                number: Some(format!("91{:010}", 7_000_000_000u64 + i as u64)),
+                channel: None,
+                sent_at,
+            }
+        })
+        .collect()
+}
+
+pub async fn insert_sends(db: &Db, sends: &[NewSend]) {
+    for chunk in sends.chunks(1_000) {
+        sends::insert(db, chunk).await.unwrap();
+    }
+}
+
+/// A client for the simulator with short timeouts.
+pub fn client(sim: &SimHandle, request_timeout: Duration) -> ProviderClient {
+    let mut settings = ProviderSettings::new(
+        &sim.base_url(),
+        DEMO_API_KEY,
+        SecretString::from(DEMO_API_SECRET),
+        false,
+    )
+    .unwrap();
+    settings.request_timeout = request_timeout;
+    settings.connect_timeout = Duration::from_secs(1);
+    ProviderClient::new(&settings, clock::system()).unwrap()
+}
+
+/// Pass settings with short delays, for tests.
+pub fn quick_settings(concurrency: usize) -> PassSettings {
+    PassSettings {
+        concurrency,
+        write_interval: Duration::from_millis(50),
+        retry: RetryPolicy {
+            max_attempts: 6,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        },
+        ..PassSettings::default()
+    }
+}
+
+pub async fn run_pass(db: &Db, client: &ProviderClient, settings: &PassSettings) -> Summary {
+    pass::run(
+        Deps {
+            db,
+            client,
+            clock: clock::system(),
+            interrupt: CancellationToken::new(),
+            progress: Progress::hidden(),
+        },
+        settings,
+    )
+    .await
+    .expect("the pass ends without a database error")
+}
+
+/// A send as stored.
+#[derive(Debug, Clone)]
+pub struct StoredSend {
+    pub id: i64,
+    pub verification_id: Option<String>,
+    pub order_id: Option<String>,
+    pub app_id: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub lease_token: Option<uuid::Uuid>,
+    pub next_check_at: DateTime<Utc>,
+}
+
+impl StoredSend {
+    pub fn lookup(&self) -> Lookup<'_> {
+        match (&self.verification_id, &self.order_id) {
+            (Some(id), _) => Lookup::VerificationId(id),
+            (None, Some(order)) => Lookup::OrderId {
+                app_id: &self.app_id,
+                order_id: order,
+            },
+            (None, None) => unreachable!("a send has an id"),
+        }
+    }
+}
+
+pub async fn stored_sends(pool: &PgPool) -> Vec<StoredSend> {
+    sqlx::query(
+        "SELECT id, verification_id, order_id, app_id, state, attempts, last_error, lease_token,
+                next_check_at
+         FROM sends ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| StoredSend {
+        id: r.get("id"),
+        verification_id: r.get("verification_id"),
+        order_id: r.get("order_id"),
+        app_id: r.get("app_id"),
+        state: r.get("state"),
+        attempts: r.get("attempts"),
+        last_error: r.get("last_error"),
+        lease_token: r.get("lease_token"),
+        next_check_at: r.get("next_check_at"),
+    })
+    .collect()
+}
+
+pub async fn count_by_state(pool: &PgPool) -> HashMap<String, i64> {
+    sqlx::query_as("SELECT state, count(*) FROM sends GROUP BY state")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// One attempt's money and status, as stored or as the simulator's record has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Money {
+    pub status: Option<i64>,
+    pub mcc: Option<i64>,
+    pub units: Option<i64>,
+    pub amount: Option<Decimal>,
+    pub rate: Option<Decimal>,
+    pub settle_pay: Option<Decimal>,
+    pub settle_price: Option<Decimal>,
+    pub settle_currency: Option<String>,
+    pub quote_exchange: Option<Decimal>,
+}
+
+/// Attempts by (channel, position), from the database.
+pub async fn stored_money(pool: &PgPool, send_id: i64) -> HashMap<(String, i32), Money> {
+    sqlx::query(
+        "SELECT channel, position, status, mcc, coalesce(charge_count, charged_duration) AS units,
+                amount, rate, settle_pay, settle_price, settle_currency, quote_exchange
+         FROM attempts WHERE send_id = $1",
+    )
+    .bind(send_id)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            (r.get("channel"), r.get("position")),
+            Money {
+                status: r.get("status"),
+                mcc: r.get("mcc"),
+                units: r.get("units"),
+                amount: r.get("amount"),
+                rate: r.get("rate"),
+                settle_pay: r.get("settle_pay"),
+                settle_price: r.get("settle_price"),
+                settle_currency: r.get("settle_currency"),
+                quote_exchange: r.get("quote_exchange"),
+            },
+        )
+    })
+    .collect()
+}
+
+/// Attempts by (channel, position), from the simulator's record.
+pub fn expected_money(record: &Record) -> HashMap<(String, i32), Money> {
+    let mut out = HashMap::new();
+    for (i, a) in record.sms.iter().enumerate() {
+        out.insert(
+            ("sms".into(), i as i32 + 1),
+            Money {
+                status: a.status,
+                mcc: a.mcc,
+                units: a.charge_cnt,
+                amount: a.pay,
+                rate: None,
+                settle_pay: a.settlement.settle_pay,
+                settle_price: a.settlement.settle_price,
+                settle_currency: a.settlement.settle_currency.clone(),
+                quote_exchange: a.settlement.quote_exchange,
+            },
+        );
+    }
+    for (i, a) in record.call.iter().enumerate() {
+        out.insert(
+            ("call".into(), i as i32 + 1),
+            Money {
+                status: a.termination_code,
+                mcc: a.mcc,
+                units: a.charged_duration,
+                amount: a.cost,
+                rate: a.rate,
+                settle_pay: a.settlement.settle_pay,
+                settle_price: a.settlement.settle_price,
+                settle_currency: a.settlement.settle_currency.clone(),
+                quote_exchange: a.settlement.quote_exchange,
+            },
+        );
+    }
+    for (i, a) in record.sna.iter().enumerate() {
+        out.insert(
+            ("sna".into(), i as i32 + 1),
+            Money {
+                status: a.status,
+                mcc: a.mcc,
+                units: None,
+                amount: None,
+                rate: None,
+                settle_pay: a.settlement.settle_pay,
+                settle_price: a.settlement.settle_price,
+                settle_currency: a.settlement.settle_currency.clone(),
+                quote_exchange: a.settlement.quote_exchange,
+            },
+        );
+    }
+    out
+}
+
+/// The raw JSON stored for a send.
+pub async fn stored_raw(pool: &PgPool, send_id: i64) -> Option<serde_json::Value> {
+    let raw: Option<String> =
+        sqlx::query_scalar("SELECT raw::text FROM records WHERE send_id = $1")
+            .bind(send_id)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+    raw.map(|r| serde_json::from_str(&r).unwrap())
+}
+
+/// Checks every send against the simulator's last answer for it (the stats count the
+/// answers served, so the record it was served is known): a found, final record is
+/// settled with its attempts' money exactly as served and its raw JSON kept; a record
+/// still sending, or unknown to the provider, is re-checked. Answers how many settled.
+pub async fn assert_matches_simulator(pool: &PgPool, sim: &SimHandle) -> usize {
+    let stats = sim.stats();
+    let mut settled = 0;
+    for send in stored_sends(pool).await {
+        let lookup = send.lookup();
+        let answered = stats.fetches.get(&lookup.key()).map_or(0, |f| f.answered);
+        assert!(answered > 0, "send {} was never answered", send.id);
+        let last = sim.record(lookup, u32::try_from(answered - 1).unwrap());
+        assert!(
+            send.lease_token.is_none(),
+            "send {} is still leased",
+            send.id
+        );
+        if !last.found {
+            assert_eq!(
+                send.state, "recheck",
+                "send {} is unknown to the provider",
+                send.id
+            );
+            continue;
+        }
+        if !last.final_answer {
+            assert_eq!(send.state, "recheck", "send {} was still sending", send.id);
+            continue;
+        }
+        assert_eq!(
+            send.state, "settled",
+            "send {}: {:?}",
+            send.id, send.last_error
+        );
+        let record = Record::from_data(&last.data).unwrap();
+        assert_eq!(
+            stored_money(pool, send.id).await,
+            expected_money(&record),
+            "send {}",
+            send.id
+        );
+        assert_eq!(
+            stored_raw(pool, send.id).await.as_ref(),
+            Some(&last.data),
+            "send {}",
+            send.id
+        );
+        settled += 1;
+    }
+    settled
+}

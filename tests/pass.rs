@@ -1,0 +1,522 @@
+//! The reconcile pass, driven through the library against real PostgreSQL (a fresh
+//! database per test) and the simulator.
+
+mod common;
+
+use common::*;
+use otp_reconcile::clock::{self, SkewedClock};
+use otp_reconcile::config::ProviderSettings;
+use otp_reconcile::db::Db;
+use otp_reconcile::pass::Ended;
+use otp_reconcile::provider::ProviderClient;
+use otp_reconcile::record::Fetched;
+use otp_reconcile::sends::{self, Completion, SendState};
+use otp_reconcile::simulator::{Fault, FaultRates, Faults, RecordConfig, SimConfig, Simulator};
+use otp_reconcile::store;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn simulator(records: RecordConfig, faults: Faults) -> otp_reconcile::simulator::SimHandle {
+    let mut config = SimConfig::new(11);
+    config.records = records;
+    config.faults = faults;
+    Simulator::start(config).await.unwrap()
+}
+
+#[sqlx::test]
+async fn a_pass_through_5xx_stalls_malformed_json_and_429_bursts_settles_every_final_record(
+    pool: PgPool,
+) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(5_000, "f")).await;
+    let sim = simulator(
+        RecordConfig::default(),
+        Faults {
+            // 429 bursts: above 1,500 requests a second the simulator answers 429.
+            rate_limit: Some(1_500),
+            rate_burst: Some(200),
+            stall_ms: Some(2_000),
+            rates: FaultRates {
+                http_500: 0.025,
+                http_503: 0.025,
+                stall: 0.02,
+                malformed: 0.01,
+                ..FaultRates::default()
+            },
+            ..Faults::default()
+        },
+    )
+    .await;
+    let client = client(&sim, Duration::from_millis(400));
+    let summary = run_pass(&db, &client, &quick_settings(64)).await;
+
+    assert_eq!(summary.ended, Ended::Done);
+    assert_eq!(summary.claimed, 5_000);
+    assert_eq!(summary.checked, 5_000);
+    let stats = sim.stats();
+    for fault in ["http_500", "http_503", "stall", "malformed"] {
+        let seen: u64 = stats.answers.values().filter_map(|a| a.get(fault)).sum();
+        assert!(seen > 0, "the simulator injected no {fault}");
+    }
+    let limited: u64 = stats
+        .answers
+        .values()
+        .filter_map(|a| a.get("http_429"))
+        .sum();
+    assert!(limited > 0, "no 429 burst happened");
+    let settled = assert_matches_simulator(&pool, &sim).await;
+    assert_eq!(settled as u64, summary.settled);
+    assert!(settled > 4_000, "{settled}");
+}
+
+#[sqlx::test]
+async fn two_passes_at_once_never_fetch_a_final_record_twice(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(5_000, "c")).await;
+    let sim = simulator(
+        RecordConfig::default(),
+        Faults {
+            latency_ms: 2,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let client = client(&sim, Duration::from_secs(2));
+    let mut first = quick_settings(32);
+    first.owner = "pass-a".into();
+    first.batch_size = 200;
+    let mut second = first.clone();
+    second.owner = "pass-b".into();
+    let (a, b) = tokio::join!(
+        run_pass(&db, &client, &first),
+        run_pass(&db, &client, &second)
+    );
+
+    assert_eq!(
+        a.claimed + b.claimed,
+        5_000,
+        "every send claimed once: {} + {}",
+        a.claimed,
+        b.claimed
+    );
+    assert!(
+        a.claimed > 0 && b.claimed > 0,
+        "both passes worked: {} / {}",
+        a.claimed,
+        b.claimed
+    );
+    let stats = sim.stats();
+    assert!(
+        stats.duplicates.final_fetches.is_empty(),
+        "{:?}",
+        stats.duplicates.final_fetches
+    );
+    assert_eq!(stats.fetches.len(), 5_000);
+    assert!(stats.fetches.values().all(|f| f.requests == 1));
+    assert_matches_simulator(&pool, &sim).await;
+}
+
+#[sqlx::test]
+async fn a_second_pass_over_settled_sends_calls_nothing(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(300, "s")).await;
+    let sim = simulator(
+        RecordConfig {
+            sending_share: 0.0,
+            not_found_share: 0.0,
+            ..RecordConfig::default()
+        },
+        Faults::default(),
+    )
+    .await;
+    let client = client(&sim, Duration::from_secs(2));
+    let first = run_pass(&db, &client, &quick_settings(16)).await;
+    assert_eq!(first.settled, 300);
+    let requests = sim.stats().total_requests;
+    let changed_before: i64 = sqlx::query_scalar("SELECT count(*) FROM records")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    let second = run_pass(&db, &client, &quick_settings(16)).await;
+    assert_eq!((second.claimed, second.requests), (0, 0));
+    assert_eq!(sim.stats().total_requests, requests, "no provider call");
+    let changed_after: i64 = sqlx::query_scalar("SELECT count(*) FROM records")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(changed_before, changed_after);
+}
+
+#[sqlx::test]
+async fn still_sending_and_unknown_ids_come_back_later_and_then_settle_or_are_rejected(
+    pool: PgPool,
+) {
+    let db = db_with_app(&pool).await;
+    let mut batch = new_sends(200, "later");
+    batch[0].verification_id = Some("missing-one".into());
+    batch[0].order_id = None;
+    // Sent an hour ago: past the 15-minute grace for ids the provider does not know.
+    batch[1].verification_id = Some("missing-old".into());
+    batch[1].order_id = None;
+    batch[1].sent_at = chrono::Utc::now() - chrono::Duration::hours(1);
+    insert_sends(&db, &batch).await;
+    let sim = simulator(
+        RecordConfig {
+            sending_share: 0.5,
+            not_found_share: 0.0,
+            ..RecordConfig::default()
+        },
+        Faults::default(),
+    )
+    .await;
+    let client = client(&sim, Duration::from_secs(2));
+    let first = run_pass(&db, &client, &quick_settings(16)).await;
+    assert!(first.recheck_reasons.still_sending > 50, "{first:?}");
+    assert_eq!(first.recheck_reasons.not_yet_visible, 1);
+    assert_eq!(first.rejected, 1);
+    let old = stored_sends(&pool)
+        .await
+        .into_iter()
+        .find(|s| s.verification_id.as_deref() == Some("missing-old"))
+        .unwrap();
+    assert_eq!(old.state, "rejected");
+    assert!(old.last_error.unwrap().contains("matched 3"));
+
+    // Two minutes later (a clock ahead, not a sleep) the re-checks are due.
+    let later = Arc::new(SkewedClock(chrono::Duration::minutes(3)));
+    let summary = otp_reconcile::pass::run(
+        otp_reconcile::pass::Deps {
+            db: &db,
+            client: &client,
+            clock: later,
+            interrupt: Default::default(),
+            progress: otp_reconcile::progress::Progress::hidden(),
+        },
+        &quick_settings(16),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.claimed, first.rechecks);
+    assert_eq!(summary.settled, first.recheck_reasons.still_sending);
+    let states = count_by_state(&pool).await;
+    assert_eq!(states.get("settled").copied(), Some(198));
+}
+
+#[sqlx::test]
+async fn bad_answers_are_kept_for_a_recheck_with_the_problem_and_the_rest_goes_on(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(100, "bad")).await;
+    let sim = simulator(
+        RecordConfig {
+            sending_share: 0.0,
+            not_found_share: 0.0,
+            ..RecordConfig::default()
+        },
+        Faults {
+            stall_ms: Some(1_000),
+            ..Faults::default()
+        },
+    )
+    .await;
+    // Malformed every time, a record that does not parse, an answer too large.
+    sim.script(Some("bad-v0"), [Fault::Malformed; 6]);
+    sim.script(Some("bad-v1"), [Fault::Truncated; 6]);
+    sim.script(Some("bad-v2"), [Fault::BadRecord]);
+    sim.script(Some("bad-v3"), [Fault::Oversized]);
+    sim.script(Some("bad-v5"), [Fault::Status(-22)]);
+    let client = client(&sim, Duration::from_secs(2));
+    let summary = run_pass(&db, &client, &quick_settings(16)).await;
+    assert_eq!(summary.settled, 95);
+    assert_eq!(summary.recheck_reasons.transient, 2);
+    assert_eq!(summary.recheck_reasons.unreadable, 2);
+    assert_eq!(summary.rejected, 1);
+    let sends = stored_sends(&pool).await;
+    let error = |id: &str| {
+        sends
+            .iter()
+            .find(|s| s.verification_id.as_deref() == Some(id))
+            .unwrap()
+            .last_error
+            .clone()
+            .unwrap()
+    };
+    assert!(
+        error("bad-v0").contains("malformed answer"),
+        "{}",
+        error("bad-v0")
+    );
+    assert!(error("bad-v1").contains("malformed answer"));
+    assert!(
+        error("bad-v2").contains("\"1e5\"") || error("bad-v2").contains("verifiedDate"),
+        "{}",
+        error("bad-v2")
+    );
+    assert!(error("bad-v3").contains("larger than"));
+    assert!(error("bad-v5").contains("-22"));
+    assert_eq!(
+        sim.stats().fetches["bad-v0"].requests,
+        6,
+        "retried up to --max-attempts"
+    );
+}
+
+#[sqlx::test]
+async fn refused_credentials_stop_the_pass_after_at_most_concurrency_requests(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(2_000, "auth")).await;
+    let sim = simulator(
+        RecordConfig::default(),
+        Faults {
+            latency_ms: 5,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let wrong = ProviderClient::new(
+        &ProviderSettings::new(
+            &sim.base_url(),
+            "not-our-key",
+            SecretString::from("x"),
+            false,
+        )
+        .unwrap(),
+        clock::system(),
+    )
+    .unwrap();
+    let summary = run_pass(&db, &wrong, &quick_settings(8)).await;
+    assert_eq!(summary.ended, Ended::CredentialsRefused);
+    let requests = sim.stats().total_requests;
+    assert!(
+        (1..=8).contains(&requests),
+        "{requests} requests with --concurrency 8"
+    );
+    assert_eq!(summary.checked, 0);
+    assert_eq!(summary.released, summary.claimed);
+    for send in stored_sends(&pool).await {
+        assert_eq!(
+            (send.attempts, send.state.as_str()),
+            (0, "pending"),
+            "send {}",
+            send.id
+        );
+        assert!(send.lease_token.is_none());
+        assert!(
+            send.next_check_at <= chrono::Utc::now(),
+            "due again at once"
+        );
+    }
+    let (outcome, error): (String, Option<String>) =
+        sqlx::query_as("SELECT outcome, error FROM passes")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "credentials_refused");
+    assert!(error.unwrap().contains("-1"));
+}
+
+#[sqlx::test]
+async fn max_runtime_releases_what_has_not_started(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(1_000, "slow")).await;
+    let sim = simulator(
+        RecordConfig::default(),
+        Faults {
+            latency_ms: 100,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let client = client(&sim, Duration::from_secs(2));
+    let mut settings = quick_settings(4);
+    settings.batch_size = 50;
+    settings.max_runtime = Some(Duration::from_millis(600));
+    let summary = run_pass(&db, &client, &settings).await;
+    assert_eq!(summary.ended, Ended::MaxRuntime);
+    assert!(
+        summary.checked > 0 && summary.checked < 1_000,
+        "{summary:?}"
+    );
+    assert_eq!(summary.checked + summary.released, summary.claimed);
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sends WHERE lease_token IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(leased, 0);
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sends WHERE state = 'pending' AND attempts = 0")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(pending as u64, 1_000 - summary.checked);
+}
+
+#[sqlx::test]
+async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(10, "lease")).await;
+    let now = chrono::Utc::now();
+    let first = sends::claim(&db, now, 10, Duration::from_secs(1), "slow-pass", None)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 10);
+    // Nothing is due while the lease holds.
+    assert!(
+        sends::claim(&db, now, 10, Duration::from_secs(60), "other", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // After it expires another pass claims them.
+    let later = now + chrono::Duration::seconds(2);
+    let second = sends::claim(&db, later, 10, Duration::from_secs(60), "other", None)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 10);
+
+    let complete = |claimed: &[sends::Claimed], state: SendState| -> Vec<Completion> {
+        claimed
+            .iter()
+            .map(|c| Completion {
+                id: c.id,
+                lease: c.lease,
+                state,
+                next_check_at: later,
+                last_error: None,
+            })
+            .collect()
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let held = sends::complete(&mut tx, later, &complete(&first, SendState::Rejected))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(held.is_empty(), "the late finisher holds nothing");
+    let mut tx = pool.begin().await.unwrap();
+    let held = sends::complete(&mut tx, later, &complete(&second, SendState::Settled))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(held.len(), 10);
+    assert_eq!(
+        count_by_state(&pool).await.get("settled").copied(),
+        Some(10)
+    );
+}
+
+#[sqlx::test]
+async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(3, "idem")).await;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM sends ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let sim = simulator(RecordConfig::default(), Faults::default()).await;
+    let fetched: Vec<Fetched> = ["idem-v0", "idem-v1", "idem-v2"]
+        .iter()
+        .map(|id| {
+            let data = sim
+                .final_record(otp_reconcile::simulator::Lookup::VerificationId(id))
+                .data;
+            Fetched::from_data(data).unwrap()
+        })
+        .collect();
+    let batch: Vec<(i64, &Fetched)> = ids.iter().copied().zip(fetched.iter()).collect();
+    let now = chrono::Utc::now();
+    let mut tx = pool.begin().await.unwrap();
+    let first = store::store(&mut tx, now, &batch, &ids).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(first.records, 3);
+    assert!(first.attempts >= 3);
+    let mut tx = pool.begin().await.unwrap();
+    let again = store::store(&mut tx, now, &batch, &ids).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        again,
+        store::Stored::default(),
+        "nothing written the second time"
+    );
+
+    // A record that lost an attempt loses its row.
+    let mut shorter = fetched[0].clone();
+    let had = shorter.record.sms.len() + shorter.record.call.len() + shorter.record.sna.len();
+    shorter.record.sms.clear();
+    shorter.record.call.clear();
+    shorter.record.sna.clear();
+    shorter.raw["changed"] = serde_json::Value::from(true);
+    let mut tx = pool.begin().await.unwrap();
+    let changed = store::store(&mut tx, now, &[(ids[0], &shorter)], &ids)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(changed.records, 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts WHERE send_id = $1")
+        .bind(ids[0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((left, had > 0), (0, true));
+}
+
+#[sqlx::test]
+async fn the_schema_rejects_what_import_would_reject(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    for (sql, why) in [
+        (
+            "INSERT INTO sends (app_id, sent_at) VALUES ('app-test', now())",
+            "sends_has_an_id",
+        ),
+        (
+            "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('unknown-app', 'v', now())",
+            "foreign key",
+        ),
+        (
+            "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', 'has space', now())",
+            "sends_verification_id_format",
+        ),
+        (
+            "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', repeat('x', 5000), now())",
+            "sends_verification_id_format",
+        ),
+    ] {
+        let err = sqlx::query(sql).execute(db.pool()).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{sql}: {err}");
+    }
+    // The same id twice is one send.
+    let twice = "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', 'v-dup', now()) ON CONFLICT DO NOTHING";
+    sqlx::query(twice).execute(db.pool()).await.unwrap();
+    sqlx::query(twice).execute(db.pool()).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sends")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[sqlx::test]
+async fn the_pass_is_recorded_with_its_counts(pool: PgPool) {
+    let db: Db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(50, "rec")).await;
+    let sim = simulator(RecordConfig::default(), Faults::default()).await;
+    let summary = run_pass(
+        &db,
+        &client(&sim, Duration::from_secs(2)),
+        &quick_settings(8),
+    )
+    .await;
+    let (outcome, claimed, settled, params): (String, i64, i64, serde_json::Value) = sqlx::query_as(
+        "SELECT outcome, (summary->>'claimed')::bigint, (summary->>'settled')::bigint, parameters FROM passes",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(outcome, "done");
+    assert_eq!(claimed as u64, summary.claimed);
+    assert_eq!(settled as u64, summary.settled);
+    assert_eq!(params["concurrency"], 8);
+    assert_eq!(params["schedule"]["max_age"], "3days");
+}
