@@ -185,7 +185,7 @@ async fn store_records(
     .bind(column!(rows, 1.flow_id))
     .bind(rows.iter().map(|r| r.1.mcc()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1.still_sending()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.2.to_string()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
     .bind(held)
     .execute(conn)
     .await?;

@@ -447,7 +447,7 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
     shorter.record.sms.clear();
     shorter.record.call.clear();
     shorter.record.sna.clear();
-    shorter.raw["changed"] = serde_json::Value::from(true);
+    shorter.raw = shorter.raw.replacen('{', "{\"changed\":true,", 1);
     let mut tx = pool.begin().await.unwrap();
     let changed = store::store(&mut tx, now, &[(ids[0], &shorter)], &ids)
         .await

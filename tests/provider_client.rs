@@ -65,7 +65,7 @@ async fn a_record_by_verification_id_is_the_simulators_record() {
     let id = final_id(&sim, 1);
     let fetched = client(&sim).record_by_verification_id(&id).await.unwrap();
     assert_eq!(
-        fetched.raw,
+        fetched.raw_json(),
         sim.final_record(Lookup::VerificationId(&id)).data
     );
     assert_eq!(fetched.record.verification_id.as_deref(), Some(id.as_str()));
@@ -85,7 +85,7 @@ async fn a_record_by_order_id() {
         app_id: "app1",
         order_id: "ord-77",
     });
-    assert_eq!(fetched.raw, served.data);
+    assert_eq!(fetched.raw_json(), served.data);
     assert_eq!(fetched.record.order_id.as_deref(), Some("ord-77"));
     assert_eq!(sim.stats().fetches["order:ord-77"].answered, 1);
 }

@@ -46,7 +46,11 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
     let settings = args.pass.settings()?;
     db::create_database_if_missing(&args.database_url).await?;
-    let db = db::connect(&args.database_url, 4).await?;
+    let db = db::connect(
+        &args.database_url,
+        u32::try_from(settings.writers + 2).unwrap_or(4),
+    )
+    .await?;
     db::migrate(&db).await?;
     db::check_schema(&db).await?;
     for app in DEMO_APPS {

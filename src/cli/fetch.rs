@@ -55,7 +55,7 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<Exit> {
     }
     .expect("an open gate never stops")
     .context("the provider did not answer with a record")?;
-    let out = serde_json::json!({ "record": fetched.record, "raw": fetched.raw });
+    let out = serde_json::json!({ "record": fetched.record, "raw": fetched.raw_json() });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(Exit::Done)
 }

@@ -58,6 +58,16 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
+    /// The same, with a pool of at least `connections`.
+    pub fn with_at_least(&self, connections: usize) -> Self {
+        Self {
+            db_connections: self
+                .db_connections
+                .max(u32::try_from(connections).unwrap_or(u32::MAX)),
+            ..self.clone()
+        }
+    }
+
     /// Connects, without checking the schema (for `migrate`).
     pub async fn connect(&self) -> Result<Db, DbError> {
         db::connect(&self.database_url, self.db_connections.max(2)).await

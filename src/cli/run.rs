@@ -25,6 +25,9 @@ pub struct RunArgs {
     /// Show what is due and the calls and time it would take; call and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also write the pass's summary as JSON to this file.
+    #[arg(long, env = "SUMMARY_JSON")]
+    pub summary_json: Option<std::path::PathBuf>,
 }
 
 /// How a pass runs.
@@ -39,9 +42,12 @@ pub struct PassArgs {
     /// Requests allowed at once above the rate.
     #[arg(long, env = "PASS_BURST", default_value_t = 10)]
     pub burst: u32,
-    /// Sends claimed at a time.
+    /// Sends claimed at a time, and written per transaction.
     #[arg(long, env = "PASS_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
+    /// Write transactions in flight at once (each holds a database connection).
+    #[arg(long, env = "PASS_WRITERS", default_value_t = 2)]
+    pub writers: usize,
     /// How long a claim holds a send; a crashed pass's sends come due again after it.
     #[arg(long, env = "PASS_LEASE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub lease: Duration,
@@ -85,9 +91,13 @@ fn parse_schedule(s: &str) -> Result<Delays, String> {
 
 impl PassArgs {
     pub fn settings(&self) -> Result<PassSettings, ConfigError> {
-        if self.concurrency == 0 || self.batch_size == 0 || self.max_attempts == 0 {
+        if self.concurrency == 0
+            || self.batch_size == 0
+            || self.max_attempts == 0
+            || self.writers == 0
+        {
             return Err(ConfigError::Invalid(
-                "--concurrency, --batch-size and --max-attempts must be positive".into(),
+                "--concurrency, --batch-size, --writers and --max-attempts must be positive".into(),
             ));
         }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
@@ -98,6 +108,7 @@ impl PassArgs {
         Ok(PassSettings {
             batch_size: self.batch_size,
             write_batch: self.batch_size,
+            writers: self.writers,
             concurrency: self.concurrency,
             rate: self.rate,
             burst: self.burst.max(1),
@@ -155,7 +166,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Done);
     }
     let provider = args.provider.settings()?;
-    let db = args.db.connect_checked().await?;
+    let db = args
+        .db
+        .with_at_least(settings.writers + 2)
+        .connect_checked()
+        .await?;
     let client = ProviderClient::new(&provider, clock::system())?;
     let summary = pass_with_progress(
         &db,
@@ -166,7 +181,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     )
     .await?;
     eprintln!("{}", summary.render());
+    if let Some(path) = &args.summary_json {
+        write_summary(path, &summary)?;
+    }
     Ok(exit_for(&summary))
+}
+
+/// Writes the summary as JSON, through a temporary file renamed into place.
+pub fn write_summary(path: &std::path::Path, summary: &Summary) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tmp = path.with_extension("tmp");
+    let json = serde_json::to_vec_pretty(summary)?;
+    std::fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Runs one pass with a progress bar sized by what is due now.

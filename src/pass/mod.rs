@@ -45,6 +45,8 @@ pub struct PassSettings {
     pub write_batch: usize,
     #[serde(skip)]
     pub write_interval: Duration,
+    /// Write transactions in flight at most.
+    pub writers: usize,
     /// Requests in flight at most.
     pub concurrency: usize,
     /// Requests per second for the whole pass; `None` for no limit.
@@ -70,6 +72,7 @@ impl Default for PassSettings {
             batch_size: 500,
             write_batch: 500,
             write_interval: Duration::from_millis(200),
+            writers: 2,
             concurrency: 32,
             rate: None,
             burst: 1,
@@ -222,7 +225,8 @@ impl Ctx<'_> {
     /// The whole pass: claimer, checkers and writer, joined.
     async fn work(&self) -> Result<(), DbError> {
         let (work_tx, mut work_rx) = mpsc::channel(self.settings.batch_size.max(1) * 2);
-        let (done_tx, done_rx) = mpsc::channel(self.settings.write_batch.max(1) * 2);
+        let (done_tx, done_rx) =
+            mpsc::channel(self.settings.write_batch.max(1) * (self.settings.writers.max(1) + 1));
         let claimer = self.claim_all(work_tx);
         let checkers = async move {
             futures::stream::poll_fn(|cx| work_rx.poll_recv(cx))
@@ -257,6 +261,7 @@ impl Ctx<'_> {
             if self.stop.is_cancelled() {
                 return Ok(());
             }
+            let claiming = Instant::now();
             let claimed = sends::claim(
                 self.db,
                 self.clock.now(),
@@ -266,7 +271,11 @@ impl Ctx<'_> {
                 self.settings.shard,
             )
             .await?;
-            tracing::debug!(claimed = claimed.len(), "claimed a batch");
+            tracing::debug!(
+                claimed = claimed.len(),
+                ms = claiming.elapsed().as_millis() as u64,
+                "claimed a batch"
+            );
             Counters::add(&self.counters.claimed, claimed.len() as u64);
             if claimed.is_empty() {
                 return Ok(());
@@ -334,53 +343,53 @@ impl Ctx<'_> {
 
     /// Writes checked sends in batches, and releases unchecked ones.
     async fn write_all(&self, mut done: mpsc::Receiver<Done>) -> Result<(), DbError> {
+        let batch = self.settings.write_batch.max(1);
+        let writers = self.settings.writers.max(1);
         let mut checked = Vec::new();
         let mut released = Vec::new();
+        let mut writing = futures::stream::FuturesUnordered::new();
         let mut tick = tokio::time::interval(self.settings.write_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closed = false;
         loop {
-            let closed = tokio::select! {
-                item = done.recv() => match item {
-                    Some(Done::Checked { send, fetched, decision }) => {
-                        checked.push((send, fetched, decision));
-                        false
-                    }
-                    Some(Done::Release(send)) => {
-                        released.push(send);
-                        false
-                    }
-                    None => true,
-                },
-                _ = tick.tick() => {
-                    self.flush(&mut checked, &mut released).await?;
-                    false
-                }
-            };
-            if closed {
-                return self.flush(&mut checked, &mut released).await;
+            let pending = !checked.is_empty() || !released.is_empty();
+            let full = checked.len() >= batch || released.len() >= batch;
+            // Start a write when a batch is full, or when the input ended.
+            if (full || (closed && pending)) && writing.len() < writers {
+                writing
+                    .push(self.flush(std::mem::take(&mut checked), std::mem::take(&mut released)));
+                continue;
             }
-            if checked.len() >= self.settings.write_batch
-                || released.len() >= self.settings.write_batch
-            {
-                self.flush(&mut checked, &mut released).await?;
+            if closed && !pending && writing.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                // While a full batch waits for a writer, take no more: the checkers wait.
+                item = done.recv(), if !full && !closed => match item {
+                    Some(Done::Checked { send, fetched, decision }) => checked.push((send, fetched, decision)),
+                    Some(Done::Release(send)) => released.push(send),
+                    None => closed = true,
+                },
+                Some(result) = writing.next(), if !writing.is_empty() => result?,
+                _ = tick.tick(), if pending && writing.len() < writers => {
+                    writing.push(self.flush(std::mem::take(&mut checked), std::mem::take(&mut released)));
+                }
             }
         }
     }
 
     async fn flush(
         &self,
-        checked: &mut Vec<CheckedSend>,
-        released: &mut Vec<Claimed>,
+        checked: Vec<CheckedSend>,
+        released: Vec<Claimed>,
     ) -> Result<(), DbError> {
         if !checked.is_empty() {
-            self.write_checked(checked).await?;
-            checked.clear();
+            self.write_checked(&checked).await?;
         }
         if !released.is_empty() {
             let held: Vec<_> = released.iter().map(|s| (s.id, s.lease)).collect();
             let n = sends::release(self.db, self.clock.now(), &held).await?;
             Counters::add(&self.counters.released, n);
-            released.clear();
         }
         Ok(())
     }
@@ -402,10 +411,18 @@ impl Ctx<'_> {
             .iter()
             .filter_map(|(send, f, _)| f.as_deref().map(|f| (send.id, f)))
             .collect();
+        let writing = Instant::now();
         let mut tx = self.db.pool().begin().await?;
         let held = sends::complete(&mut tx, now, &completions).await?;
+        let completed_ms = writing.elapsed().as_millis() as u64;
         let stored = store::store(&mut tx, now, &fetched, &held).await?;
         tx.commit().await?;
+        tracing::debug!(
+            sends = batch.len(),
+            completed_ms,
+            ms = writing.elapsed().as_millis() as u64,
+            "wrote a batch"
+        );
         // BEGIN, the sends update, the two stores when there were records, COMMIT.
         self.db.counted(
             3 + if fetched.is_empty() || held.is_empty() {

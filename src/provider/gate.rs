@@ -2,7 +2,7 @@
 //! once the pass is stopping), a pause the provider asked for with 429, and the shared
 //! rate limit (governor). It also counts the requests it let through.
 
-use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +59,7 @@ impl Gate {
         }
         if let Some(limiter) = &self.limiter {
             tokio::select! {
-                _ = limiter.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(2))) => {}
+                _ = limiter.until_ready() => {}
                 _ = self.stop.cancelled() => return false,
             }
         }

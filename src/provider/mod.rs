@@ -207,7 +207,7 @@ fn record(envelope: Envelope) -> Result<Fetched, Failure> {
     let data = envelope.data.ok_or_else(|| Failure::Unreadable {
         problem: "status 0 without `data`".into(),
     })?;
-    Fetched::from_data(data).map_err(|e| Failure::Unreadable {
+    Fetched::from_text(data.get()).map_err(|e| Failure::Unreadable {
         problem: e.to_string(),
     })
 }

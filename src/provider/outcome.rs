@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::time::Duration;
 
 /// Why a call did not succeed, sorted by what the caller should do about it.
@@ -99,11 +101,20 @@ impl Failure {
 }
 
 /// The JSON envelope every answer carries.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Envelope {
     pub status: String,
     pub reason: String,
-    pub data: Option<Value>,
+    /// `data` exactly as the provider wrote it; `None` when absent or null.
+    pub data: Option<Box<RawValue>>,
+}
+
+/// The envelope as it is read: only its three fields, `data` left as text.
+#[derive(Deserialize)]
+struct Wire {
+    status: Option<Value>,
+    reason: Option<Value>,
+    data: Option<Box<RawValue>>,
 }
 
 /// Classifies a complete answer. `now` is when it arrived, for `Retry-After` dates.
@@ -194,25 +205,27 @@ fn envelope(body: &[u8]) -> Result<Envelope, Failure> {
         cause: Transient::Malformed(why),
         after: None,
     };
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| malformed(format!("not JSON ({e})")))?;
-    let Value::Object(mut obj) = value else {
-        return Err(malformed("not a JSON object".into()));
-    };
-    let status = match obj.get("status") {
+    let wire: Wire = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            malformed("not a JSON object".into())
+        } else {
+            malformed(format!("not JSON ({e})"))
+        }
+    })?;
+    let status = match &wire.status {
         Some(Value::String(s)) if is_code(s.trim()) => s.trim().to_owned(),
         Some(Value::Number(n)) if is_code(&n.to_string()) => n.to_string(),
         _ => return Err(malformed("no integer `status`".into())),
     };
-    let reason = match obj.get("reason") {
-        Some(Value::String(s)) => s.clone(),
+    let reason = match wire.reason {
+        Some(Value::String(s)) => s,
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
     };
     Ok(Envelope {
         status,
         reason,
-        data: obj.remove("data").filter(|d| !d.is_null()),
+        data: wire.data.filter(|d| d.get().trim() != "null"),
     })
 }
 
@@ -267,8 +280,8 @@ mod tests {
         for code in ["-14", "-22", "-10", "-27", "-99"] {
             let body = format!(r#"{{"status":"{code}","reason":"why"}}"#);
             assert_eq!(
-                answer(200, &body),
-                Err(Failure::Rejected {
+                answer(200, &body).unwrap_err(),
+                (Failure::Rejected {
                     status: code.into(),
                     reason: "why".into()
                 })

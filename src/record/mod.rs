@@ -171,8 +171,8 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fetched {
     pub record: Record,
-    /// The answer's `data`, untouched (numbers keep their exact text).
-    pub raw: Value,
+    /// The answer's `data`, exactly the text the provider sent.
+    pub raw: String,
 }
 
 impl Record {
@@ -245,11 +245,27 @@ impl Record {
 }
 
 impl Fetched {
+    /// Reads a record from the text of an answer's `data`.
+    pub fn from_text(raw: &str) -> Result<Self, RecordError> {
+        let data: Value = serde_json::from_str(raw)
+            .map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
+        Ok(Self {
+            record: Record::from_data(&data)?,
+            raw: raw.to_owned(),
+        })
+    }
+
+    /// Reads a record from an answer's `data` already parsed.
     pub fn from_data(data: Value) -> Result<Self, RecordError> {
         Ok(Self {
             record: Record::from_data(&data)?,
-            raw: data,
+            raw: data.to_string(),
         })
+    }
+
+    /// The raw JSON as a value, numbers with their exact text.
+    pub fn raw_json(&self) -> Value {
+        serde_json::from_str(&self.raw).unwrap_or(Value::Null)
     }
 }
 
