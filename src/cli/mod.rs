@@ -102,7 +102,7 @@ pub struct ProviderArgs {
     pub api_secret_file: Option<PathBuf>,
 
     /// Allow plain http:// to a host that is not loopback.
-    #[arg(long, env = "ALLOW_INSECURE_HTTP")]
+    #[arg(long, env = "ALLOW_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_http: bool,
 
     /// Time allowed to connect to the provider.
