@@ -3,9 +3,11 @@
 //! number and reason while the good lines load, idempotent.
 
 use crate::apps;
+use crate::conversions::{self, Kind, NewConversion};
 use crate::db::{Db, DbError};
 use crate::record::parse_time;
 use crate::sends::{self, NewSend};
+use chrono::{DateTime, Utc};
 use csv::StringRecord;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -221,6 +223,26 @@ pub async fn import_sends(
     .await
 }
 
+/// The columns of a conversions file.
+pub const CONVERSION_COLUMNS: &[&str] = &["kind", "app_id", "message_id", "number", "converted_at"];
+
+/// Imports conversions; apps must be registered first.
+pub async fn import_conversions(
+    db: &Db,
+    input: Box<dyn Read + Send>,
+    on_rejected: impl FnMut(&Rejected),
+) -> Result<ImportReport, ImportError> {
+    let known = apps::known(db).await.map_err(DbError::from)?;
+    import(
+        input,
+        CONVERSION_COLUMNS,
+        move |columns, record| parse_conversion(columns, record, &known),
+        |rows| async move { conversions::insert(db, &rows).await.map_err(DbError::from) },
+        on_rejected,
+    )
+    .await
+}
+
 /// The longest id accepted.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -255,17 +277,66 @@ pub fn check_number(number: &str) -> Result<(), String> {
     }
 }
 
+/// The app id of a line, which must be registered.
+fn known_app<'r>(
+    columns: &Columns,
+    record: &'r StringRecord,
+    known: &HashSet<String>,
+) -> Result<&'r str, String> {
+    let app_id = columns.get(record, "app_id").ok_or("app_id is empty")?;
+    if known.contains(app_id) {
+        Ok(app_id)
+    } else {
+        Err(format!(
+            "unknown app_id {app_id:?} (register it with `otp-reconcile app add {app_id}`)"
+        ))
+    }
+}
+
+/// An RFC 3339 time with an offset, in `column`.
+fn time_in(
+    columns: &Columns,
+    record: &StringRecord,
+    column: &str,
+) -> Result<DateTime<Utc>, String> {
+    let text = columns
+        .get(record, column)
+        .ok_or_else(|| format!("{column} is empty"))?;
+    parse_time(text).map_err(|e| format!("{column} {text:?}: {e}"))
+}
+
+fn parse_conversion(
+    columns: &Columns,
+    record: &StringRecord,
+    known: &HashSet<String>,
+) -> Result<NewConversion, String> {
+    let kind = columns.get(record, "kind").ok_or("kind is empty")?;
+    let kind = Kind::parse(&kind.to_ascii_lowercase())
+        .ok_or_else(|| format!("kind {kind:?} is not otp or sms"))?;
+    let app_id = known_app(columns, record, known)?;
+    let message_id = columns
+        .get(record, "message_id")
+        .ok_or("message_id is empty")?;
+    check_id("message_id", message_id)?;
+    let number = columns.get(record, "number");
+    if let Some(n) = number {
+        check_number(n)?;
+    }
+    Ok(NewConversion {
+        kind,
+        app_id: app_id.to_owned(),
+        message_id: message_id.to_owned(),
+        number: number.map(str::to_owned),
+        converted_at: time_in(columns, record, "converted_at")?,
+    })
+}
+
 fn parse_send(
     columns: &Columns,
     record: &StringRecord,
     known: &HashSet<String>,
 ) -> Result<NewSend, String> {
-    let app_id = columns.get(record, "app_id").ok_or("app_id is empty")?;
-    if !known.contains(app_id) {
-        return Err(format!(
-            "unknown app_id {app_id:?} (register it with `otp-reconcile app add {app_id}`)"
-        ));
-    }
+    let app_id = known_app(columns, record, known)?;
     let verification_id = columns.get(record, "verification_id");
     let order_id = columns.get(record, "order_id");
     if verification_id.is_none() && order_id.is_none() {
@@ -287,8 +358,7 @@ fn parse_send(
     {
         return Err(format!("channel {c:?} is not sms, call or sna"));
     }
-    let sent_at = columns.get(record, "sent_at").ok_or("sent_at is empty")?;
-    let sent_at = parse_time(sent_at).map_err(|e| format!("sent_at {sent_at:?}: {e}"))?;
+    let sent_at = time_in(columns, record, "sent_at")?;
     Ok(NewSend {
         app_id: app_id.to_owned(),
         verification_id: verification_id.map(str::to_owned),

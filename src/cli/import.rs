@@ -23,6 +23,13 @@ pub enum ImportWhat {
         /// The CSV file, or - for standard input.
         file: PathBuf,
     },
+    /// Conversions, as CSV with the header kind,app_id,message_id,number,converted_at.
+    Conversions {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The CSV file, or - for standard input.
+        file: PathBuf,
+    },
 }
 
 /// Opens FILE, or standard input for `-`.
@@ -45,6 +52,15 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Exit> {
             })
             .await?;
             Ok(finish("sends", &report))
+        }
+        ImportWhat::Conversions { db, file } => {
+            let input = open_input(&file)?;
+            let db = db.connect_checked().await?;
+            let report = import::import_conversions(&db, input, |bad| {
+                eprintln!("line {}: {}", bad.line, bad.reason);
+            })
+            .await?;
+            Ok(finish("conversions", &report))
         }
     }
 }

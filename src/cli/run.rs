@@ -3,12 +3,14 @@
 use super::{DbArgs, ProviderArgs};
 use crate::clock::{self, SharedClock};
 use crate::config::ConfigError;
+use crate::conversions;
 use crate::db::{Db, DbError};
 use crate::decide::Schedule;
 use crate::exit::Exit;
 use crate::pass::{self, Deps, Ended, PassSettings, Summary};
 use crate::progress::Progress;
 use crate::provider::{ProviderClient, RetryBudget, RetryPolicy};
+use crate::rates::{self, Rules, Window};
 use crate::sends;
 use clap::Args;
 use std::time::Duration;
@@ -72,6 +74,24 @@ pub struct PassArgs {
     /// Retries the whole pass may spend.
     #[arg(long, env = "PASS_RETRY_BUDGET", default_value_t = 20_000)]
     pub retry_budget: u64,
+    /// Do not post conversions back.
+    #[arg(long, env = "NO_POSTBACKS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_postbacks: bool,
+    /// Do not compute or post conversion rates.
+    #[arg(long, env = "NO_RATES", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_rates: bool,
+    /// The conversion-rate window, aligned to UTC.
+    #[arg(long, env = "RATE_WINDOW", value_enum, default_value = "1h")]
+    pub rate_window: Window,
+    /// A window is closed, and its rate computed, once it ended this long ago.
+    #[arg(long, env = "SETTLE_DELAY", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub settle_delay: Duration,
+    /// Windows that start earlier than this are never computed.
+    #[arg(long, env = "RATE_LOOKBACK", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub rate_lookback: Duration,
+    /// Post again the windows whose numbers changed after they were posted.
+    #[arg(long, env = "REPOST_RATES", value_parser = clap::builder::BoolishValueParser::new())]
+    pub repost_rates: bool,
 }
 
 /// The re-check delays, as parsed from the command line.
@@ -126,6 +146,13 @@ impl PassArgs {
                 ..RetryPolicy::default()
             },
             max_attempts: self.max_attempts,
+            postbacks: !self.no_postbacks,
+            rates: (!self.no_rates).then_some(Rules {
+                window: self.rate_window,
+                settle_delay: self.settle_delay,
+                lookback: self.rate_lookback,
+                repost: self.repost_rates,
+            }),
             ..PassSettings::default()
         })
     }
@@ -239,6 +266,23 @@ async fn dry_run(db: &Db, settings: &PassSettings, clock: SharedClock) -> Result
         );
     }
     println!("{total} sends due: {total} record fetches, plus retries on transient failures");
+    let mut calls = total;
+    if settings.postbacks {
+        let due = conversions::due(db, clock.now()).await?;
+        let n: i64 = due.iter().map(|d| d.count).sum();
+        for d in &due {
+            println!("conversions {:<4} {:<34} {:>10}", d.kind, d.app_id, d.count);
+        }
+        println!("{n} conversions to post back");
+        calls += n;
+    }
+    if let Some(rules) = &settings.rates {
+        let n = rates::preview(db, clock.now(), rules).await?;
+        println!("{n} conversion-rate windows to post");
+        calls += n;
+    }
+    let total = calls;
+    println!("{total} calls in all");
     match settings.rate {
         Some(rate) => println!(
             "at --rate {rate}/s that takes at least {}",

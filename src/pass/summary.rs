@@ -47,6 +47,32 @@ pub struct Counters {
     pub lease_lost: AtomicU64,
     pub records_changed: AtomicU64,
     pub attempts_changed: AtomicU64,
+    pub conversions: ConversionCounters,
+    pub rates: RateCounters,
+}
+
+/// The postbacks stage's counters.
+#[derive(Debug, Default)]
+pub struct ConversionCounters {
+    pub claimed: AtomicU64,
+    pub sent: AtomicU64,
+    pub rejected: AtomicU64,
+    pub later: AtomicU64,
+    pub released: AtomicU64,
+    pub lease_lost: AtomicU64,
+    pub possibly_duplicated: AtomicU64,
+}
+
+/// The rates stage's counters.
+#[derive(Debug, Default)]
+pub struct RateCounters {
+    pub windows_changed: AtomicU64,
+    pub changed_after_post: AtomicU64,
+    pub claimed: AtomicU64,
+    pub sent: AtomicU64,
+    pub rejected: AtomicU64,
+    pub later: AtomicU64,
+    pub released: AtomicU64,
 }
 
 impl Counters {
@@ -78,6 +104,38 @@ pub struct Rechecks {
     pub transient: u64,
 }
 
+/// What the postbacks stage did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Conversions {
+    pub claimed: u64,
+    /// Acknowledged (status 0): never posted again.
+    pub sent: u64,
+    pub rejected: u64,
+    /// Transient failures: posted again by a later pass.
+    pub retry_later: u64,
+    pub released: u64,
+    pub lease_lost: u64,
+    /// Acknowledged now, but an earlier attempt's outcome is unknown (a pass died while
+    /// posting it, or a request timed out after it was sent): the provider may count
+    /// it twice.
+    pub possibly_duplicated: u64,
+}
+
+/// What the rates stage did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Rates {
+    /// Closed windows new or whose numbers changed in this computation.
+    pub windows_changed: u64,
+    /// Posted windows whose numbers now differ from what was posted (posted again only
+    /// with `--repost-rates`).
+    pub changed_after_post: u64,
+    pub claimed: u64,
+    pub sent: u64,
+    pub rejected: u64,
+    pub retry_later: u64,
+    pub released: u64,
+}
+
 /// What a pass did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -99,6 +157,8 @@ pub struct Summary {
     pub retries: u64,
     pub records_changed: u64,
     pub attempts_changed: u64,
+    pub conversions: Conversions,
+    pub rates: Rates,
     pub db_statements: u64,
     pub elapsed_secs: f64,
     pub sends_per_sec: f64,
@@ -159,6 +219,24 @@ impl Summary {
             retries: t.retries,
             records_changed: get(&c.records_changed),
             attempts_changed: get(&c.attempts_changed),
+            conversions: Conversions {
+                claimed: get(&c.conversions.claimed),
+                sent: get(&c.conversions.sent),
+                rejected: get(&c.conversions.rejected),
+                retry_later: get(&c.conversions.later),
+                released: get(&c.conversions.released),
+                lease_lost: get(&c.conversions.lease_lost),
+                possibly_duplicated: get(&c.conversions.possibly_duplicated),
+            },
+            rates: Rates {
+                windows_changed: get(&c.rates.windows_changed),
+                changed_after_post: get(&c.rates.changed_after_post),
+                claimed: get(&c.rates.claimed),
+                sent: get(&c.rates.sent),
+                rejected: get(&c.rates.rejected),
+                retry_later: get(&c.rates.later),
+                released: get(&c.rates.released),
+            },
             db_statements: t.db_statements,
             elapsed_secs: (t.elapsed_secs * 1000.0).round() / 1000.0,
             sends_per_sec: per_sec(checked),
@@ -183,6 +261,10 @@ impl Summary {
              rejected {rejected}, expired {expired}\n\
              released unchecked {released}, lease lost {lost}; requests {requests} ({retries} retries); \
              records changed {rc}, attempts changed {ac}\n\
+             conversions: posted {cs}, rejected {cr}, retry later {cl}, released {crel}, \
+             possibly duplicated {cd}\n\
+             rates: windows computed {rw}, posted {rs}, rejected {rr}, retry later {rl}, \
+             changed after posting {rch}\n\
              {elapsed:.1} s: {sps:.0} sends/s, {rps:.0} requests/s, {stmts:.3} database statements per send{rss}",
             id = self.pass_id,
             ended = self.ended.as_str(),
@@ -207,6 +289,16 @@ impl Summary {
             retries = self.retries,
             rc = self.records_changed,
             ac = self.attempts_changed,
+            cs = self.conversions.sent,
+            cr = self.conversions.rejected,
+            cl = self.conversions.retry_later,
+            crel = self.conversions.released,
+            cd = self.conversions.possibly_duplicated,
+            rw = self.rates.windows_changed,
+            rs = self.rates.sent,
+            rr = self.rates.rejected,
+            rl = self.rates.retry_later,
+            rch = self.rates.changed_after_post,
             elapsed = self.elapsed_secs,
             sps = self.sends_per_sec,
             rps = self.requests_per_sec,

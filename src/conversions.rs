@@ -1,0 +1,249 @@
+//! The `conversions` table: which sends converted, and the ledger of posting each one
+//! back to the provider. Claimed under a lease like sends; a conversion marked `sent`
+//! is never claimed again.
+
+use crate::db::Db;
+use crate::ledger::Posted;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Which postback a conversion goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `/otp/postback/backfill`, by verificationId.
+    Otp,
+    /// `/sms/postback/backfill`, by SMS msgid.
+    Sms,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Otp => "otp",
+            Kind::Sms => "sms",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "otp" => Some(Kind::Otp),
+            "sms" => Some(Kind::Sms),
+            _ => None,
+        }
+    }
+}
+
+/// A conversion to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewConversion {
+    pub kind: Kind,
+    pub app_id: String,
+    pub message_id: String,
+    pub number: Option<String>,
+    pub converted_at: DateTime<Utc>,
+}
+
+/// Inserts conversions, skipping any (kind, message_id) already there. Answers how
+/// many were new.
+pub async fn insert(db: &Db, rows: &[NewConversion]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    db.counted(1);
+    Ok(sqlx::query(
+        "INSERT INTO conversions (kind, app_id, message_id, number, converted_at)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+         ON CONFLICT (kind, message_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.app_id.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.message_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.number.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.converted_at).collect::<Vec<_>>())
+    .execute(db.pool())
+    .await?
+    .rows_affected())
+}
+
+/// A conversion claimed for posting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: i64,
+    pub kind: Kind,
+    pub app_id: String,
+    pub message_id: String,
+    /// The conversion's number, else its send's.
+    pub number: Option<String>,
+    pub converted_at: DateTime<Utc>,
+    /// An earlier attempt's outcome is unknown.
+    pub in_doubt: bool,
+    pub lease: Uuid,
+}
+
+/// Claims up to `limit` pending conversions that are due. One whose last lease was
+/// abandoned (its pass died while posting) is marked in doubt.
+pub async fn claim(
+    db: &Db,
+    now: DateTime<Utc>,
+    limit: i64,
+    lease_for: Duration,
+    owner: &str,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let token = Uuid::new_v4();
+    let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+    db.counted(1);
+    let rows = sqlx::query(
+        "WITH due AS (
+             SELECT id FROM conversions
+             WHERE state = 'pending' AND next_attempt_at <= $1
+             ORDER BY next_attempt_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)
+         UPDATE conversions c
+         SET lease_token = $3, lease_owner = $4, lease_expires_at = $5, next_attempt_at = $5,
+             updated_at = $1, in_doubt = c.in_doubt OR c.lease_token IS NOT NULL
+         FROM due WHERE c.id = due.id
+         RETURNING c.id, c.kind, c.app_id, c.message_id, c.converted_at, c.in_doubt,
+                   coalesce(c.number, (SELECT s.number FROM sends s
+                                       WHERE s.verification_id = c.message_id
+                                         AND s.app_id = c.app_id)) AS number",
+    )
+    .bind(now)
+    .bind(limit)
+    .bind(token)
+    .bind(owner)
+    .bind(expires)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.try_get("kind")?;
+            Ok(Claimed {
+                id: r.try_get("id")?,
+                kind: Kind::parse(&kind).unwrap_or(Kind::Otp),
+                app_id: r.try_get("app_id")?,
+                message_id: r.try_get("message_id")?,
+                number: r.try_get("number")?,
+                converted_at: r.try_get("converted_at")?,
+                in_doubt: r.try_get("in_doubt")?,
+                lease: token,
+            })
+        })
+        .collect()
+}
+
+/// A posted conversion, to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub id: i64,
+    pub lease: Uuid,
+    pub posted: Posted,
+    pub in_doubt: bool,
+}
+
+/// Records postings for the conversions still held under their lease; answers the ids
+/// written.
+pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<i64>, sqlx::Error> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut state = Vec::with_capacity(done.len());
+    let mut next = Vec::with_capacity(done.len());
+    let mut sent_at = Vec::with_capacity(done.len());
+    let mut error = Vec::with_capacity(done.len());
+    for d in done {
+        let (n, at, e) = match &d.posted {
+            Posted::Sent => (now, Some(now), None),
+            Posted::Rejected(reason) => (now, None, Some(reason.as_str())),
+            Posted::Later { at, error } => (*at, None, Some(error.as_str())),
+        };
+        state.push(d.posted.state());
+        next.push(n);
+        sent_at.push(at);
+        error.push(e);
+    }
+    db.counted(1);
+    sqlx::query_scalar(
+        "UPDATE conversions c
+         SET state = u.state, attempts = c.attempts + 1, next_attempt_at = u.next_attempt_at,
+             sent_at = u.sent_at, last_error = u.last_error, in_doubt = u.in_doubt,
+             updated_at = $1, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+                     $7::text[], $8::bool[])
+              AS u(id, lease, state, next_attempt_at, sent_at, last_error, in_doubt)
+         WHERE c.id = u.id AND c.lease_token = u.lease AND c.state = 'pending'
+         RETURNING c.id",
+    )
+    .bind(now)
+    .bind(done.iter().map(|d| d.id).collect::<Vec<_>>())
+    .bind(done.iter().map(|d| d.lease).collect::<Vec<_>>())
+    .bind(state)
+    .bind(next)
+    .bind(sent_at)
+    .bind(error)
+    .bind(done.iter().map(|d| d.in_doubt).collect::<Vec<_>>())
+    .fetch_all(db.pool())
+    .await
+}
+
+/// Gives back conversions claimed but not posted: due again at once.
+pub async fn release(
+    db: &Db,
+    now: DateTime<Utc>,
+    held: &[(i64, Uuid)],
+) -> Result<u64, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    db.counted(1);
+    Ok(sqlx::query(
+        "UPDATE conversions c
+         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+             next_attempt_at = $1, updated_at = $1
+         FROM unnest($2::bigint[], $3::uuid[]) AS u(id, lease)
+         WHERE c.id = u.id AND c.lease_token = u.lease",
+    )
+    .bind(now)
+    .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(held.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
+    .execute(db.pool())
+    .await?
+    .rows_affected())
+}
+
+/// Pending conversions due now, per kind and app.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Due {
+    pub kind: String,
+    pub app_id: String,
+    pub count: i64,
+}
+
+pub async fn due(db: &Db, now: DateTime<Utc>) -> Result<Vec<Due>, sqlx::Error> {
+    db.counted(1);
+    let rows = sqlx::query(
+        "SELECT kind, app_id, count(*) AS count FROM conversions
+         WHERE state = 'pending' AND next_attempt_at <= $1
+         GROUP BY kind, app_id ORDER BY kind, app_id",
+    )
+    .bind(now)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Due {
+                kind: r.try_get("kind")?,
+                app_id: r.try_get("app_id")?,
+                count: r.try_get("count")?,
+            })
+        })
+        .collect()
+}

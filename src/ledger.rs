@@ -1,0 +1,54 @@
+//! What posting one item to the provider came to, as the conversion and rate ledgers
+//! record it.
+
+use crate::provider::{Failure, Transient};
+use chrono::{DateTime, Utc};
+
+/// The ledger's verdict on one posting (fatal answers stop the pass before this).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Posted {
+    /// Status 0: never posted again.
+    Sent,
+    /// Refused (-14, -22, ...): kept with the reason, not posted again.
+    Rejected(String),
+    /// Transient failures spent the retries: try again at this time.
+    Later { at: DateTime<Utc>, error: String },
+}
+
+impl Posted {
+    /// The verdict on an outcome; `retry_at` is when a transient failure is tried again.
+    pub fn from_outcome(outcome: Result<(), Failure>, retry_at: DateTime<Utc>) -> Self {
+        match outcome {
+            Ok(()) => Posted::Sent,
+            Err(Failure::Rejected { status, reason }) => {
+                Posted::Rejected(format!("provider status {status}: {reason}"))
+            }
+            Err(failure) => Posted::Later {
+                at: retry_at,
+                error: failure.to_string(),
+            },
+        }
+    }
+
+    /// The ledger state this verdict writes.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Posted::Sent => "sent",
+            Posted::Rejected(_) => "rejected",
+            Posted::Later { .. } => "pending",
+        }
+    }
+}
+
+/// True when a failed request may still have reached the provider (it timed out, lost
+/// its connection after being sent, or its answer could not be read): a later
+/// acknowledgement of the same item may be a duplicate.
+pub fn outcome_unknown(answer: &Result<(), Failure>) -> bool {
+    matches!(
+        answer,
+        Err(Failure::Retry {
+            cause: Transient::Timeout | Transient::Connection(_),
+            ..
+        } | Failure::Unreadable { .. })
+    )
+}

@@ -1,0 +1,168 @@
+//! The shape every stage of a pass shares: claim items under a lease, work each through
+//! the gate with a bound on items in flight, write the results in batches.
+//!
+//! Three tasks joined together:
+//! - the claimer claims a batch while the work queue has room for it (committed at
+//!   once: no transaction is held across HTTP calls), until nothing is due or the pass
+//!   is stopping;
+//! - the workers take items from the queue, at most `concurrency` at a time;
+//! - the writer collects results and writes them, `write_batch` at a time (or whatever
+//!   is there after `write_interval`), with up to `writers` writes in flight.
+
+use crate::db::DbError;
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What became of an item.
+pub enum Worked<I, D> {
+    /// Worked: write it.
+    Done(D),
+    /// Not started (the pass is stopping): give it back.
+    Release(I),
+}
+
+/// One kind of work a pass does.
+pub trait Stage: Sync {
+    type Item: Send;
+    type Done: Send;
+
+    /// For logs.
+    fn name(&self) -> &'static str;
+
+    /// Claims up to `limit` due items under a lease, committed at once.
+    async fn claim(&self, limit: usize) -> Result<Vec<Self::Item>, DbError>;
+
+    /// Works one item.
+    async fn work(&self, item: Self::Item) -> Worked<Self::Item, Self::Done>;
+
+    /// Writes finished items and releases unstarted ones, with the lease in every `WHERE`.
+    async fn write(&self, done: Vec<Self::Done>, released: Vec<Self::Item>) -> Result<(), DbError>;
+}
+
+/// The sizes of a stage's pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub claim_batch: usize,
+    pub write_batch: usize,
+    pub writers: usize,
+    pub concurrency: usize,
+    pub write_interval: Duration,
+}
+
+/// Runs `stage` until nothing is due or `stop` is cancelled and everything claimed is
+/// written or released. A database error ends it at once; its leases then expire.
+pub async fn run<S: Stage>(
+    stage: &S,
+    shape: Shape,
+    stop: &CancellationToken,
+) -> Result<(), DbError> {
+    let claim_batch = shape.claim_batch.max(1);
+    let (work_tx, mut work_rx) = mpsc::channel(claim_batch * 2);
+    let (done_tx, done_rx) = mpsc::channel(shape.write_batch.max(1) * (shape.writers.max(1) + 1));
+    let claimer = claim_all(stage, claim_batch, work_tx, stop);
+    let workers = async move {
+        futures::stream::poll_fn(|cx| work_rx.poll_recv(cx))
+            .map(|item| stage.work(item))
+            .buffer_unordered(shape.concurrency.max(1))
+            .for_each(|worked| {
+                let done_tx = done_tx.clone();
+                async move {
+                    let _ = done_tx.send(worked).await;
+                }
+            })
+            .await;
+        Ok::<(), DbError>(())
+    };
+    let writer = write_all(stage, shape, done_rx);
+    tokio::try_join!(claimer, workers, writer)?;
+    Ok(())
+}
+
+async fn claim_all<S: Stage>(
+    stage: &S,
+    batch: usize,
+    work: mpsc::Sender<S::Item>,
+    stop: &CancellationToken,
+) -> Result<(), DbError> {
+    loop {
+        let permits = tokio::select! {
+            permits = work.reserve_many(batch) => match permits {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+            _ = stop.cancelled() => return Ok(()),
+        };
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let claiming = Instant::now();
+        let claimed = stage.claim(batch).await?;
+        tracing::debug!(
+            stage = stage.name(),
+            claimed = claimed.len(),
+            ms = claiming.elapsed().as_millis() as u64,
+            "claimed a batch"
+        );
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        for (permit, item) in permits.zip(claimed) {
+            permit.send(item);
+        }
+    }
+}
+
+async fn write_all<S: Stage>(
+    stage: &S,
+    shape: Shape,
+    mut results: mpsc::Receiver<Worked<S::Item, S::Done>>,
+) -> Result<(), DbError> {
+    let batch = shape.write_batch.max(1);
+    let writers = shape.writers.max(1);
+    let mut done = Vec::new();
+    let mut released = Vec::new();
+    let mut writing = futures::stream::FuturesUnordered::new();
+    let mut tick = tokio::time::interval(shape.write_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closed = false;
+    let write = |done: Vec<S::Done>, released: Vec<S::Item>| async move {
+        let (n, started) = (done.len() + released.len(), Instant::now());
+        stage.write(done, released).await?;
+        tracing::debug!(
+            stage = stage.name(),
+            items = n,
+            ms = started.elapsed().as_millis() as u64,
+            "wrote a batch"
+        );
+        Ok::<(), DbError>(())
+    };
+    loop {
+        let pending = !done.is_empty() || !released.is_empty();
+        let full = done.len() >= batch || released.len() >= batch;
+        // Start a write when a batch is full, or when the input ended.
+        if (full || (closed && pending)) && writing.len() < writers {
+            writing.push(write(
+                std::mem::take(&mut done),
+                std::mem::take(&mut released),
+            ));
+            continue;
+        }
+        if closed && !pending && writing.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            // While a full batch waits for a writer, take no more: the workers wait.
+            item = results.recv(), if !full && !closed => match item {
+                Some(Worked::Done(d)) => done.push(d),
+                Some(Worked::Release(i)) => released.push(i),
+                None => closed = true,
+            },
+            Some(result) = writing.next(), if !writing.is_empty() => result?,
+            _ = tick.tick(), if pending && writing.len() < writers => {
+                writing.push(write(std::mem::take(&mut done), std::mem::take(&mut released)));
+            }
+        }
+    }
+}

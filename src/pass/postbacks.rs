@@ -1,0 +1,129 @@
+//! The second stage: post each pending conversion to the OTP or SMS postback endpoint
+//! (SPEC "One pass", step 5). Marked sent only on status 0, kept with its reason when
+//! rejected, tried again later when the failure was transient.
+
+use super::Run;
+use super::pipeline::{Stage, Worked};
+use super::summary::Counters;
+use crate::conversions::{self, Claimed, Done, Kind};
+use crate::db::DbError;
+use crate::ledger::{Posted, outcome_unknown};
+use crate::provider::{OtpPostback, SmsPostback};
+use std::cell::Cell;
+use std::collections::HashSet;
+use tracing::Instrument;
+
+pub struct Postbacks<'a> {
+    pub run: &'a Run<'a>,
+}
+
+impl Stage for Postbacks<'_> {
+    type Item = Claimed;
+    type Done = Done;
+
+    fn name(&self) -> &'static str {
+        "postbacks"
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
+        let r = self.run;
+        let claimed = conversions::claim(
+            r.db,
+            r.clock.now(),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            r.settings.lease,
+            &r.settings.owner,
+        )
+        .await?;
+        Counters::add(&r.counters.conversions.claimed, claimed.len() as u64);
+        Ok(claimed)
+    }
+
+    async fn work(&self, c: Claimed) -> Worked<Claimed, Done> {
+        let span = tracing::debug_span!(
+            "conversion",
+            conversion_id = c.id,
+            kind = c.kind.as_str(),
+            message_id = %c.message_id,
+        );
+        let r = self.run;
+        async {
+            let Some(number) = c.number.clone() else {
+                let reason = "no number: neither the conversion nor its send has one".to_owned();
+                return Worked::Done(Done {
+                    id: c.id,
+                    lease: c.lease,
+                    posted: Posted::Rejected(reason),
+                    in_doubt: c.in_doubt,
+                });
+            };
+            // A request that timed out or lost its connection after it was sent may have
+            // reached the provider: a later acknowledgement may be a duplicate.
+            let doubt = Cell::new(c.in_doubt);
+            let outcome = r
+                .call(|| async {
+                    let answer = match c.kind {
+                        Kind::Otp => {
+                            let body =
+                                OtpPostback::new(&c.app_id, &c.message_id, &number, c.converted_at);
+                            r.client.otp_postback(&body).await
+                        }
+                        Kind::Sms => {
+                            let body =
+                                SmsPostback::new(&c.app_id, &c.message_id, &number, c.converted_at);
+                            r.client.sms_postback(&body).await
+                        }
+                    };
+                    if outcome_unknown(&answer) {
+                        doubt.set(true);
+                    }
+                    answer
+                })
+                .await;
+            let Some(outcome) = outcome else {
+                return Worked::Release(c);
+            };
+            let posted = Posted::from_outcome(outcome, r.retry_at());
+            Worked::Done(Done {
+                id: c.id,
+                lease: c.lease,
+                posted,
+                in_doubt: doubt.get(),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn write(&self, done: Vec<Done>, released: Vec<Claimed>) -> Result<(), DbError> {
+        let r = self.run;
+        let now = r.clock.now();
+        let held: HashSet<i64> = conversions::complete(r.db, now, &done)
+            .await?
+            .into_iter()
+            .collect();
+        let c = &r.counters.conversions;
+        for d in &done {
+            if !held.contains(&d.id) {
+                Counters::add(&c.lease_lost, 1);
+                continue;
+            }
+            match d.posted {
+                Posted::Sent => {
+                    Counters::add(&c.sent, 1);
+                    if d.in_doubt {
+                        Counters::add(&c.possibly_duplicated, 1);
+                    }
+                }
+                Posted::Rejected(_) => Counters::add(&c.rejected, 1),
+                Posted::Later { .. } => Counters::add(&c.later, 1),
+            }
+        }
+        let released: Vec<_> = released.iter().map(|c| (c.id, c.lease)).collect();
+        Counters::add(
+            &c.released,
+            conversions::release(r.db, now, &released).await?,
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! The first stage: fetch each due send's record, decide its next state, store both
+//! (SPEC "One pass", steps 1-4).
+
+use super::Run;
+use super::pipeline::{Stage, Worked};
+use super::summary::Counters;
+use crate::db::DbError;
+use crate::decide::{Checked, Decision};
+use crate::provider::Failure;
+use crate::record::Fetched;
+use crate::sends::{self, Claimed, Completion, SendState};
+use crate::store;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use tracing::Instrument;
+
+pub struct Records<'a> {
+    pub run: &'a Run<'a>,
+}
+
+/// A checked send: its record when it was read, and what becomes of it.
+pub struct CheckedSend {
+    send: Claimed,
+    fetched: Option<Box<Fetched>>,
+    decision: Decision,
+}
+
+impl Stage for Records<'_> {
+    type Item = Claimed;
+    type Done = CheckedSend;
+
+    fn name(&self) -> &'static str {
+        "records"
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
+        let r = self.run;
+        let claimed = sends::claim(
+            r.db,
+            r.clock.now(),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            r.settings.lease,
+            &r.settings.owner,
+            r.settings.shard,
+        )
+        .await?;
+        Counters::add(&r.counters.claimed, claimed.len() as u64);
+        Ok(claimed)
+    }
+
+    async fn work(&self, send: Claimed) -> Worked<Claimed, CheckedSend> {
+        let span = tracing::debug_span!(
+            "send",
+            send_id = send.id,
+            verification_id = send.verification_id.as_deref(),
+            order_id = send.order_id.as_deref(),
+        );
+        let r = self.run;
+        async {
+            let outcome = r
+                .call(|| async {
+                    match (&send.verification_id, &send.order_id) {
+                        (Some(id), _) => r.client.record_by_verification_id(id).await,
+                        (None, Some(order)) => {
+                            r.client.record_by_order_id(&send.app_id, order).await
+                        }
+                        (None, None) => Err(Failure::Rejected {
+                            status: "none".into(),
+                            reason: "the send has neither a verification id nor an order id".into(),
+                        }),
+                    }
+                })
+                .await;
+            let Some(outcome) = outcome else {
+                return Worked::Release(send);
+            };
+            let checked = match &outcome {
+                Ok(fetched) => Checked::Record(&fetched.record),
+                Err(failure) => Checked::Failed(failure),
+            };
+            let decision = r
+                .settings
+                .schedule
+                .decide(send.sent_at, send.attempts, checked, r.clock.now())
+                .expect("fatal failures stop the pass before a decision");
+            Worked::Done(CheckedSend {
+                send,
+                fetched: outcome.ok().map(Box::new),
+                decision,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One transaction: complete the sends still held, then store their records; then
+    /// release what was not checked.
+    async fn write(&self, batch: Vec<CheckedSend>, released: Vec<Claimed>) -> Result<(), DbError> {
+        let r = self.run;
+        let now = r.clock.now();
+        if !batch.is_empty() {
+            let completions: Vec<Completion> = batch
+                .iter()
+                .map(|c| Completion {
+                    id: c.send.id,
+                    lease: c.send.lease,
+                    state: c.decision.state,
+                    next_check_at: c.decision.next_check_at,
+                    last_error: c.decision.last_error.clone(),
+                })
+                .collect();
+            let fetched: Vec<(i64, &Fetched)> = batch
+                .iter()
+                .filter_map(|c| c.fetched.as_deref().map(|f| (c.send.id, f)))
+                .collect();
+            let mut tx = r.db.pool().begin().await?;
+            let held = sends::complete(&mut tx, now, &completions).await?;
+            let stored = store::store(&mut tx, now, &fetched, &held).await?;
+            tx.commit().await?;
+            // BEGIN, the sends update, the two stores when there were records, COMMIT.
+            r.db.counted(
+                3 + if fetched.is_empty() || held.is_empty() {
+                    0
+                } else {
+                    2
+                },
+            );
+            self.count(&batch, &held.into_iter().collect(), stored);
+        }
+        if !released.is_empty() {
+            let held: Vec<_> = released.iter().map(|s| (s.id, s.lease)).collect();
+            let n = sends::release(r.db, now, &held).await?;
+            Counters::add(&r.counters.released, n);
+        }
+        Ok(())
+    }
+}
+
+impl Records<'_> {
+    fn count(&self, batch: &[CheckedSend], held: &HashSet<i64>, stored: store::Stored) {
+        let c = self.run.counters;
+        Counters::add(&c.records_changed, stored.records);
+        Counters::add(&c.attempts_changed, stored.attempts);
+        for checked in batch {
+            if !held.contains(&checked.send.id) {
+                Counters::add(&c.lease_lost, 1);
+                continue;
+            }
+            let counter = match (checked.decision.state, checked.decision.recheck) {
+                (_, Some(why)) => c.recheck(why),
+                (SendState::Settled, _) => &c.settled,
+                (SendState::Rejected, _) => &c.rejected,
+                (SendState::Expired, _) => &c.expired,
+                (SendState::Pending | SendState::Recheck, None) => &c.transient,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.run.progress.inc(batch.len() as u64);
+    }
+}

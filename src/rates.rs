@@ -1,0 +1,379 @@
+//! The `conversion_rates` table: per app, mcc and closed window, the OTP sends that
+//! settled and how many of them converted; posted to `/otp/backfillRate` once.
+//!
+//! Definitions (the issue's, in one place):
+//! - windows are an hour or a day, aligned to UTC; a window is closed once it ended at
+//!   least `settle_delay` ago; windows that start before `now - lookback` are never
+//!   computed;
+//! - sent (backfillCardinalNumber): the sends in the window (by sent_at) whose record is
+//!   settled and has that mcc (the mcc of the record's first attempt that has one);
+//! - converted (backfillNumber): how many of those sends have an OTP conversion (of the
+//!   same app, whose message_id is the send's verification id);
+//! - the rate (backfillNow) is [`crate::provider::api::rate_percent`].
+
+use crate::db::Db;
+use crate::ledger::Posted;
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use clap::ValueEnum;
+use serde::Serialize;
+use sqlx::Row;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// `--rate-window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Window {
+    #[value(name = "1h")]
+    #[serde(rename = "1h")]
+    Hour,
+    #[value(name = "1d")]
+    #[serde(rename = "1d")]
+    Day,
+}
+
+impl Window {
+    pub fn length(self) -> TimeDelta {
+        match self {
+            Window::Hour => TimeDelta::hours(1),
+            Window::Day => TimeDelta::days(1),
+        }
+    }
+
+    /// As PostgreSQL reads an interval.
+    fn interval(self) -> &'static str {
+        match self {
+            Window::Hour => "1 hour",
+            Window::Day => "1 day",
+        }
+    }
+}
+
+/// How rates are computed and posted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rules {
+    pub window: Window,
+    #[serde(serialize_with = "crate::ser::duration")]
+    pub settle_delay: Duration,
+    #[serde(serialize_with = "crate::ser::duration")]
+    pub lookback: Duration,
+    /// Post again a window whose numbers changed after it was posted.
+    pub repost: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            window: Window::Hour,
+            settle_delay: Duration::from_secs(3_600),
+            lookback: Duration::from_secs(7 * 86_400),
+            repost: false,
+        }
+    }
+}
+
+impl Rules {
+    /// The closed windows to compute at `now`: those starting at or after the first
+    /// boundary inside the lookback and ending by `now - settle_delay`. Empty when the
+    /// start is not before the end.
+    pub fn range(&self, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let length = self.window.length();
+        let chrono = |d: Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
+        let earliest = now - chrono(self.lookback);
+        let from = earliest.duration_trunc(length).unwrap_or(earliest);
+        let from = if from < earliest { from + length } else { from };
+        let latest_end = now - chrono(self.settle_delay);
+        let until = latest_end.duration_trunc(length).unwrap_or(latest_end);
+        (from, until)
+    }
+}
+
+/// The aggregate of the definition, per app, mcc and window: columns app_id, mcc,
+/// window_start, converted, sent. Parameters: $1 the window as an interval, $2 and $3
+/// the range of sent_at.
+macro_rules! computed_windows {
+    () => {
+        "SELECT s.app_id, r.mcc,
+                date_bin($1::interval, s.sent_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start,
+                count(c.id) AS converted, count(*) AS sent
+         FROM sends s
+         JOIN records r ON r.send_id = s.id
+         LEFT JOIN conversions c
+                ON c.kind = 'otp' AND c.app_id = s.app_id AND c.message_id = s.verification_id
+         WHERE s.state = 'settled' AND r.mcc IS NOT NULL AND s.sent_at >= $2 AND s.sent_at < $3
+         GROUP BY 1, 2, 3"
+    };
+}
+
+/// What a computation changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Computed {
+    /// Windows inserted or whose numbers changed.
+    pub windows_changed: u64,
+    /// Posted windows whose numbers differ from what was posted (reposted only with
+    /// `--repost-rates`).
+    pub changed_after_post: u64,
+}
+
+/// Computes every closed window in range and records it: new windows become pending;
+/// a posted window whose numbers changed is pending again only with `rules.repost`.
+pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Computed, sqlx::Error> {
+    let (from, until) = rules.range(now);
+    if from >= until {
+        return Ok(Computed::default());
+    }
+    db.counted(2);
+    let changed = sqlx::query(concat!(
+        "INSERT INTO conversion_rates AS r
+             (app_id, mcc, window_start, window_length, converted, sent, computed_at, next_attempt_at)
+         SELECT app_id, mcc, window_start, $1::interval, converted, sent, $4, $4
+         FROM (",
+        computed_windows!(),
+        ") AS w
+         ON CONFLICT (app_id, mcc, window_start, window_length) DO UPDATE
+         SET converted = EXCLUDED.converted, sent = EXCLUDED.sent,
+             computed_at = EXCLUDED.computed_at,
+             state = CASE WHEN $5 AND r.state = 'sent'
+                          AND (r.posted_converted, r.posted_sent) IS DISTINCT FROM (EXCLUDED.converted, EXCLUDED.sent)
+                          THEN 'pending' ELSE r.state END,
+             next_attempt_at = CASE WHEN $5 AND r.state = 'sent' THEN EXCLUDED.next_attempt_at
+                                    ELSE r.next_attempt_at END
+         WHERE (r.converted, r.sent) IS DISTINCT FROM (EXCLUDED.converted, EXCLUDED.sent)
+            OR ($5 AND r.state = 'sent'
+                AND (r.posted_converted, r.posted_sent) IS DISTINCT FROM (EXCLUDED.converted, EXCLUDED.sent))",
+    ))
+    .bind(rules.window.interval())
+    .bind(from)
+    .bind(until)
+    .bind(now)
+    .bind(rules.repost)
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    let changed_after_post: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM conversion_rates
+         WHERE state = 'sent' AND (converted, sent) IS DISTINCT FROM (posted_converted, posted_sent)",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    Ok(Computed {
+        windows_changed: changed,
+        changed_after_post: u64::try_from(changed_after_post).unwrap_or(0),
+    })
+}
+
+/// For `--dry-run`: how many windows a pass would post now (new, pending, or changed
+/// with `repost`), computing without writing.
+pub async fn preview(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<i64, sqlx::Error> {
+    let (from, until) = rules.range(now);
+    db.counted(1);
+    sqlx::query_scalar(concat!(
+        "SELECT count(*) FROM (",
+        computed_windows!(),
+        ") AS w
+         LEFT JOIN conversion_rates r
+                ON (r.app_id, r.mcc, r.window_start, r.window_length)
+                 = (w.app_id, w.mcc, w.window_start, $1::interval)
+         WHERE $2 < $3
+           AND (r.app_id IS NULL OR r.state = 'pending'
+                OR ($4 AND r.state = 'sent'
+                    AND (r.posted_converted, r.posted_sent) IS DISTINCT FROM (w.converted, w.sent)))",
+    ))
+    .bind(rules.window.interval())
+    .bind(from)
+    .bind(until)
+    .bind(rules.repost)
+    .fetch_one(db.pool())
+    .await
+}
+
+/// A window claimed for posting, with the numbers to post.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub app_id: String,
+    pub mcc: i64,
+    pub window_start: DateTime<Utc>,
+    /// The window's length as PostgreSQL prints it.
+    pub window_length: String,
+    pub converted: i64,
+    pub sent: i64,
+    pub in_doubt: bool,
+    pub lease: Uuid,
+}
+
+pub async fn claim(
+    db: &Db,
+    now: DateTime<Utc>,
+    limit: i64,
+    lease_for: Duration,
+    owner: &str,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let token = Uuid::new_v4();
+    let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+    db.counted(1);
+    let rows = sqlx::query(
+        "WITH due AS (
+             SELECT app_id, mcc, window_start, window_length FROM conversion_rates
+             WHERE state = 'pending' AND next_attempt_at <= $1
+             ORDER BY next_attempt_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)
+         UPDATE conversion_rates r
+         SET lease_token = $3, lease_owner = $4, lease_expires_at = $5, next_attempt_at = $5,
+             in_doubt = r.in_doubt OR r.lease_token IS NOT NULL
+         FROM due
+         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
+             = (due.app_id, due.mcc, due.window_start, due.window_length)
+         RETURNING r.app_id, r.mcc, r.window_start, r.window_length::text AS window_length,
+                   r.converted, r.sent, r.in_doubt",
+    )
+    .bind(now)
+    .bind(limit)
+    .bind(token)
+    .bind(owner)
+    .bind(expires)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                app_id: r.try_get("app_id")?,
+                mcc: r.try_get("mcc")?,
+                window_start: r.try_get("window_start")?,
+                window_length: r.try_get("window_length")?,
+                converted: r.try_get("converted")?,
+                sent: r.try_get("sent")?,
+                in_doubt: r.try_get("in_doubt")?,
+                lease: token,
+            })
+        })
+        .collect()
+}
+
+/// A window posted, to record: the rate and callbackTime sent with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub window: Claimed,
+    pub posted: Posted,
+    pub rate: rust_decimal::Decimal,
+    pub callback_at: DateTime<Utc>,
+    pub in_doubt: bool,
+}
+
+/// Records postings of windows still held under their lease; answers how many.
+pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<u64, sqlx::Error> {
+    if done.is_empty() {
+        return Ok(0);
+    }
+    let mut state = Vec::with_capacity(done.len());
+    let mut next = Vec::with_capacity(done.len());
+    let mut rate = Vec::with_capacity(done.len());
+    let mut posted_at = Vec::with_capacity(done.len());
+    let mut error = Vec::with_capacity(done.len());
+    for d in done {
+        let (n, r, at, e) = match &d.posted {
+            Posted::Sent => (now, Some(d.rate), Some(d.callback_at), None),
+            Posted::Rejected(reason) => (now, None, None, Some(reason.as_str())),
+            Posted::Later { at, error } => (*at, None, None, Some(error.as_str())),
+        };
+        state.push(d.posted.state());
+        next.push(n);
+        rate.push(r);
+        posted_at.push(at);
+        error.push(e);
+    }
+    let w = |f: fn(&Claimed) -> String| done.iter().map(|d| f(&d.window)).collect::<Vec<_>>();
+    db.counted(1);
+    Ok(sqlx::query(
+        "UPDATE conversion_rates r
+         SET state = u.state, attempts = r.attempts + 1, next_attempt_at = u.next_attempt_at,
+             last_error = u.last_error, in_doubt = u.in_doubt,
+             posted_converted = CASE WHEN u.state = 'sent' THEN u.converted ELSE r.posted_converted END,
+             posted_sent = CASE WHEN u.state = 'sent' THEN u.sent ELSE r.posted_sent END,
+             posted_rate = coalesce(u.rate, r.posted_rate),
+             posted_at = coalesce(u.posted_at, r.posted_at),
+             lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::interval[], $5::uuid[],
+                     $6::text[], $7::timestamptz[], $8::bigint[], $9::bigint[], $10::numeric[],
+                     $11::timestamptz[], $12::text[], $13::bool[])
+              AS u(app_id, mcc, window_start, window_length, lease, state, next_attempt_at,
+                   converted, sent, rate, posted_at, last_error, in_doubt)
+         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
+             = (u.app_id, u.mcc, u.window_start, u.window_length)
+           AND r.lease_token = u.lease",
+    )
+    .bind(w(|c| c.app_id.clone()))
+    .bind(done.iter().map(|d| d.window.mcc).collect::<Vec<_>>())
+    .bind(done.iter().map(|d| d.window.window_start).collect::<Vec<_>>())
+    .bind(w(|c| c.window_length.clone()))
+    .bind(done.iter().map(|d| d.window.lease).collect::<Vec<_>>())
+    .bind(state)
+    .bind(next)
+    .bind(done.iter().map(|d| d.window.converted).collect::<Vec<_>>())
+    .bind(done.iter().map(|d| d.window.sent).collect::<Vec<_>>())
+    .bind(rate)
+    .bind(posted_at)
+    .bind(error)
+    .bind(done.iter().map(|d| d.in_doubt).collect::<Vec<_>>())
+    .execute(db.pool())
+    .await?
+    .rows_affected())
+}
+
+/// Gives back windows claimed but not posted.
+pub async fn release(db: &Db, now: DateTime<Utc>, held: &[Claimed]) -> Result<u64, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    db.counted(1);
+    Ok(sqlx::query(
+        "UPDATE conversion_rates r
+         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1
+         FROM unnest($2::text[], $3::bigint[], $4::timestamptz[], $5::interval[], $6::uuid[])
+              AS u(app_id, mcc, window_start, window_length, lease)
+         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
+             = (u.app_id, u.mcc, u.window_start, u.window_length)
+           AND r.lease_token = u.lease",
+    )
+    .bind(now)
+    .bind(held.iter().map(|c| c.app_id.as_str()).collect::<Vec<_>>())
+    .bind(held.iter().map(|c| c.mcc).collect::<Vec<_>>())
+    .bind(held.iter().map(|c| c.window_start).collect::<Vec<_>>())
+    .bind(
+        held.iter()
+            .map(|c| c.window_length.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(held.iter().map(|c| c.lease).collect::<Vec<_>>())
+    .execute(db.pool())
+    .await?
+    .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn closed_windows_are_aligned_to_utc() {
+        let hourly = Rules::default();
+        // At 10:20, with a one-hour settle delay, windows up to 09:00 are closed; the
+        // lookback starts at 10:20 seven days earlier, so the first whole hour is 11:00.
+        let (from, until) = hourly.range(at("2026-11-26T10:20:00Z"));
+        assert_eq!(from, at("2026-11-19T11:00:00Z"));
+        assert_eq!(until, at("2026-11-26T09:00:00Z"));
+        let daily = Rules {
+            window: Window::Day,
+            ..Rules::default()
+        };
+        let (from, until) = daily.range(at("2026-11-26T00:30:00Z"));
+        assert_eq!(from, at("2026-11-20T00:00:00Z"));
+        // 23:30 the day before is not a day's end: the 25th is not closed yet.
+        assert_eq!(until, at("2026-11-25T00:00:00Z"));
+        let (_, until) = daily.range(at("2026-11-26T01:00:00Z"));
+        assert_eq!(until, at("2026-11-26T00:00:00Z"));
+    }
+}
