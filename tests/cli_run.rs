@@ -268,6 +268,18 @@ async fn run_refuses_a_schema_it_does_not_know(pool: PgPool) {
 async fn dry_run_calls_nothing_and_writes_nothing(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(40, "dry")).await;
+    let conversions: Vec<_> = (0..5)
+        .map(|i| otp_reconcile::conversions::NewConversion {
+            kind: otp_reconcile::conversions::Kind::Otp,
+            app_id: APP.into(),
+            message_id: format!("dry-v{i}"),
+            number: None,
+            converted_at: chrono::Utc::now(),
+        })
+        .collect();
+    otp_reconcile::conversions::insert(&db, &conversions)
+        .await
+        .unwrap();
     let sim = simulator(0).await;
     let mut cmd = bin(&pool, Some(&sim));
     cmd.args(["run", "--dry-run", "--rate", "10"]);
@@ -279,7 +291,16 @@ async fn dry_run_calls_nothing_and_writes_nothing(pool: PgPool) {
         "{stdout}"
     );
     assert!(
-        stdout.contains("40 sends due") && stdout.contains("at --rate 10/s that takes at least 4s"),
+        stdout.contains("40 sends due") && stdout.contains("5 conversions to post back"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 conversion-rate windows to post"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("45 calls in all")
+            && stdout.contains("at --rate 10/s that takes at least 5s"),
         "{stdout}"
     );
     assert_eq!(sim.stats().total_requests, 0);

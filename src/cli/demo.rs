@@ -67,19 +67,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         .context("cannot start the simulator")?;
     eprintln!("simulator: {} (seed {})", sim.base_url(), args.seed);
 
-    let csv = generate_sends(args.sends);
-    let report = import::import_sends(
-        &db,
-        Box::new(std::io::Cursor::new(csv.into_bytes())),
-        |bad| {
-            eprintln!("line {}: {}", bad.line, bad.reason);
-        },
-    )
-    .await?;
+    let (sends, conversions) = generate(args.sends);
+    let report = import::import_sends(&db, csv_input(sends), print_rejected).await?;
     eprintln!(
         "imported {} sends ({} already there)",
         report.inserted, report.duplicates
     );
+    let report = import::import_conversions(&db, csv_input(conversions), print_rejected).await?;
+    eprintln!("imported {} conversions", report.inserted);
 
     let provider = ProviderSettings::new(
         &sim.base_url(),
@@ -108,6 +103,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         "\nwhere to look next:\n  \
          psql {url} -c \"SELECT state, count(*) FROM sends GROUP BY 1\"\n  \
          psql {url} -c \"SELECT channel, settle_currency, count(*), sum(amount), sum(settle_pay) FROM attempts GROUP BY 1, 2\"\n  \
+         psql {url} -c \"SELECT state, count(*) FROM conversions GROUP BY 1\"\n  \
+         psql {url} -c \"SELECT app_id, mcc, window_start, posted_converted, posted_sent, posted_rate FROM conversion_rates ORDER BY window_start DESC LIMIT 10\"\n  \
          psql {url} -c \"SELECT id, outcome, summary FROM passes ORDER BY id DESC LIMIT 3\"\n  \
          DATABASE_URL={url} otp-reconcile run --dry-run   # what is due now (the sends still sending come due in 2 minutes)",
         url = args.database_url
@@ -115,15 +112,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
     Ok(exit_for(&summary))
 }
 
-/// A CSV of `n` sends across the demo apps, sent over the last two hours: most by
-/// verification id, a fifth by the app's own order id, a few the provider will not know.
-fn generate_sends(n: usize) -> String {
+fn csv_input(text: String) -> Box<dyn std::io::Read + Send> {
+    Box::new(std::io::Cursor::new(text.into_bytes()))
+}
+
+fn print_rejected(bad: &import::Rejected) {
+    eprintln!("line {}: {}", bad.line, bad.reason);
+}
+
+/// CSVs of `n` sends across the demo apps, sent over the last three hours (most by
+/// verification id, a fifth by the app's own order id, a few the provider will not
+/// know), and of the conversions of about a third of them.
+fn generate(n: usize) -> (String, String) {
     let stamp = Utc::now().format("%Y%m%d%H%M%S");
     let now = Utc::now();
-    let mut csv = String::from("app_id,verification_id,order_id,number,channel,sent_at\n");
+    let mut sends = String::from("app_id,verification_id,order_id,number,channel,sent_at\n");
+    let mut conversions = String::from("kind,app_id,message_id,number,converted_at\n");
     for i in 0..n {
         let app = DEMO_APPS[i % DEMO_APPS.len()];
-        let sent_at = now - chrono::Duration::seconds((i as i64 * 7_200) / n.max(1) as i64);
+        let sent_at = now - chrono::Duration::seconds((i as i64 * 10_800) / n.max(1) as i64);
         let (verification_id, order_id) = match i % 50 {
             0 => (format!("missing-{stamp}-{i}"), String::new()),
             n if n % 5 == 0 => (String::new(), format!("ord-{stamp}-{i}")),
@@ -131,11 +138,19 @@ fn generate_sends(n: usize) -> String {
         };
         let channel = ["sms", "", "call", "sms", "sna"][i % 5];
         let _ = writeln!(
-            csv,
+            sends,
             "{app},{verification_id},{order_id},91{:010},{channel},{}",
             7_000_000_000u64 + i as u64,
             sent_at.to_rfc3339()
         );
+        if i % 3 == 1 && !verification_id.is_empty() {
+            let converted_at = sent_at + chrono::Duration::seconds(40);
+            let _ = writeln!(
+                conversions,
+                "otp,{app},{verification_id},,{}",
+                converted_at.to_rfc3339()
+            );
+        }
     }
-    csv
+    (sends, conversions)
 }

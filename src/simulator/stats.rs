@@ -43,7 +43,10 @@ pub struct Duplicates {
     pub final_fetches: Vec<String>,
     /// Postbacks acknowledged more than once.
     pub postbacks: Vec<String>,
-    /// Identical rate bodies acknowledged more than once.
+    /// Identical rate bodies (every field, callbackTime included) acknowledged more
+    /// than once. A body does not name its window, so two windows with the same
+    /// numbers posted in the same second also land here: the job's ledger is what
+    /// proves a window was posted once.
     pub backfill_rates: Vec<Value>,
 }
 
