@@ -2,6 +2,7 @@
 
 use crate::config::ConfigError;
 use crate::db::DbError;
+use crate::export::ExportError;
 use crate::import::ImportError;
 use crate::provider::Failure;
 
@@ -44,6 +45,9 @@ impl Exit {
                 return Exit::Usage;
             }
             if cause.is::<DbError>() {
+                return Exit::Database;
+            }
+            if let Some(ExportError::Db(_)) = cause.downcast_ref::<ExportError>() {
                 return Exit::Database;
             }
             match cause.downcast_ref::<ImportError>() {

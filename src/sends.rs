@@ -133,7 +133,8 @@ pub async fn claim(
     let rows = sqlx::query(concat!(
         "WITH due AS (
              SELECT id FROM sends
-             WHERE state IN ('pending', 'recheck') AND next_check_at <= $1 AND ",
+             WHERE state IN ('pending', 'recheck') AND next_check_at <= $1
+               AND (lease_expires_at IS NULL OR lease_expires_at <= $1) AND ",
         in_shard!("$5", "$6"),
         "
              ORDER BY next_check_at
@@ -155,6 +156,10 @@ pub async fn claim(
     .bind(expires)
     .fetch_all(db.pool())
     .await?;
+    claimed_rows(&rows, token)
+}
+
+fn claimed_rows(rows: &[sqlx::postgres::PgRow], token: Uuid) -> Result<Vec<Claimed>, sqlx::Error> {
     rows.iter()
         .map(|row| {
             let state: String = row.try_get("state")?;
@@ -171,6 +176,74 @@ pub async fn claim(
             })
         })
         .collect()
+}
+
+/// The sends a replay re-fetches: sent_at in [from, to), of these apps (all if none).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Range {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub app_ids: Vec<String>,
+}
+
+/// Claims, for a replay, up to `limit` sends in `range` with an id above `after`,
+/// whatever their state, skipping those another pass holds. Unlike [`claim`], it leaves
+/// `next_check_at` alone, so a send the replay does not change stays as it was.
+pub async fn claim_range(
+    db: &Db,
+    now: DateTime<Utc>,
+    range: &Range,
+    after: i64,
+    limit: i64,
+    lease_for: Duration,
+    owner: &str,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let token = Uuid::new_v4();
+    let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+    db.counted(1);
+    let rows = sqlx::query(
+        "WITH todo AS (
+             SELECT id FROM sends
+             WHERE sent_at >= $1 AND sent_at < $2
+               AND (cardinality($3::text[]) = 0 OR app_id = ANY($3))
+               AND id > $4
+               AND (lease_expires_at IS NULL OR lease_expires_at <= $5)
+             ORDER BY id
+             LIMIT $6
+             FOR UPDATE SKIP LOCKED)
+         UPDATE sends s
+         SET lease_token = $7, lease_owner = $8, lease_expires_at = $9
+         FROM todo WHERE s.id = todo.id
+         RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
+                   s.state, s.attempts",
+    )
+    .bind(range.from)
+    .bind(range.to)
+    .bind(&range.app_ids)
+    .bind(after)
+    .bind(now)
+    .bind(limit)
+    .bind(token)
+    .bind(owner)
+    .bind(expires)
+    .fetch_all(db.pool())
+    .await?;
+    claimed_rows(&rows, token)
+}
+
+/// How many sends a replay of `range` would re-fetch, per state.
+pub async fn count_range(db: &Db, range: &Range) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_as(
+        "SELECT state, count(*) FROM sends
+         WHERE sent_at >= $1 AND sent_at < $2 AND (cardinality($3::text[]) = 0 OR app_id = ANY($3))
+         GROUP BY state ORDER BY state",
+    )
+    .bind(range.from)
+    .bind(range.to)
+    .bind(&range.app_ids)
+    .fetch_all(db.pool())
+    .await
 }
 
 /// How a checked send ends this pass.
@@ -214,6 +287,41 @@ pub async fn complete(
             .map(|c| c.last_error.clone())
             .collect::<Vec<_>>(),
     )
+    .fetch_all(conn)
+    .await
+}
+
+/// Like [`complete`], for a replay: a send whose state does not change keeps its
+/// `next_check_at`, `last_error`, check count and `updated_at`, so a replay that finds
+/// nothing new leaves the row as it was.
+pub async fn complete_replay(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    done: &[Completion],
+) -> Result<Vec<i64>, sqlx::Error> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "UPDATE sends s
+         SET state = u.state,
+             next_check_at = CASE WHEN s.state = u.state THEN s.next_check_at ELSE u.next_check_at END,
+             last_error = CASE WHEN s.state = u.state THEN s.last_error ELSE u.last_error END,
+             attempts = CASE WHEN s.state = u.state THEN s.attempts ELSE s.attempts + 1 END,
+             last_checked_at = CASE WHEN s.state = u.state THEN s.last_checked_at ELSE $1 END,
+             updated_at = CASE WHEN s.state = u.state THEN s.updated_at ELSE $1 END,
+             lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
+              AS u(id, lease, state, next_check_at, last_error)
+         WHERE s.id = u.id AND s.lease_token = u.lease
+         RETURNING s.id",
+    )
+    .bind(now)
+    .bind(done.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(done.iter().map(|c| c.lease).collect::<Vec<_>>())
+    .bind(done.iter().map(|c| c.state.as_str()).collect::<Vec<_>>())
+    .bind(done.iter().map(|c| c.next_check_at).collect::<Vec<_>>())
+    .bind(done.iter().map(|c| c.last_error.clone()).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
 }

@@ -517,6 +517,7 @@ async fn the_pass_is_recorded_with_its_counts(pool: PgPool) {
     assert_eq!(outcome, "done");
     assert_eq!(claimed as u64, summary.claimed);
     assert_eq!(settled as u64, summary.settled);
-    assert_eq!(params["concurrency"], 8);
-    assert_eq!(params["schedule"]["max_age"], "3days");
+    assert_eq!(params["settings"]["concurrency"], 8);
+    assert_eq!(params["settings"]["schedule"]["max_age"], "3days");
+    assert_eq!(params["task"], "run");
 }

@@ -5,6 +5,7 @@ mod admin;
 mod demo;
 mod fetch;
 mod import;
+mod report;
 mod run;
 mod simulate;
 
@@ -34,8 +35,14 @@ pub enum Command {
     Run(run::RunArgs),
     /// The main job on a ready default: demo database, simulator, generated sends, a pass.
     Demo(demo::DemoArgs),
-    /// Load sends from CSV.
+    /// Load sends or conversions from CSV.
     Import(import::ImportArgs),
+    /// Finance export: attempts, or a daily summary, for a range, as CSV.
+    Export(report::ExportArgs),
+    /// Re-fetch every send in a range and report what the provider changed.
+    Replay(report::ReplayArgs),
+    /// Queue depth, leases, pending conversions and rates, the last passes.
+    Status(report::StatusArgs),
     /// Apply the database schema.
     Migrate(admin::MigrateArgs),
     /// Register and list apps.
@@ -143,6 +150,9 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Import(args) => import::run(args).await,
+        Command::Export(args) => report::export(args).await,
+        Command::Replay(args) => report::replay(args).await,
+        Command::Status(args) => report::status(args).await,
         Command::Migrate(args) => admin::migrate(args).await,
         Command::App(args) => admin::app(args).await,
         Command::Simulate(args) => simulate::run(args).await,

@@ -209,16 +209,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     .await?;
     eprintln!("{}", summary.render());
     if let Some(path) = &args.summary_json {
-        write_summary(path, &summary)?;
+        write_json(path, &summary)?;
     }
     Ok(exit_for(&summary))
 }
 
-/// Writes the summary as JSON, through a temporary file renamed into place.
-pub fn write_summary(path: &std::path::Path, summary: &Summary) -> anyhow::Result<()> {
+/// Writes `value` as JSON, through a temporary file renamed into place.
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     use anyhow::Context;
     let tmp = path.with_extension("tmp");
-    let json = serde_json::to_vec_pretty(summary)?;
+    let json = serde_json::to_vec_pretty(value)?;
     std::fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -281,21 +281,26 @@ async fn dry_run(db: &Db, settings: &PassSettings, clock: SharedClock) -> Result
         println!("{n} conversion-rate windows to post");
         calls += n;
     }
-    let total = calls;
-    println!("{total} calls in all");
+    println!("{calls} calls in all");
+    println!("{}", time_at_rate(calls, settings));
+    Ok(())
+}
+
+/// How long `calls` requests take at the configured rate, or what bounds them.
+pub fn time_at_rate(calls: i64, settings: &PassSettings) -> String {
+    let total = calls.max(0) as f64;
     match settings.rate {
-        Some(rate) => println!(
+        Some(rate) => format!(
             "at --rate {rate}/s that takes at least {}",
-            humantime::format_duration(Duration::from_secs_f64((total as f64 / rate).ceil()))
+            humantime::format_duration(Duration::from_secs_f64((total / rate).ceil()))
         ),
-        None => println!(
+        None => format!(
             "no --rate: the time is set by the provider's latency at --concurrency {} \
              (about {} at 100 ms per request)",
             settings.concurrency,
             humantime::format_duration(Duration::from_secs_f64(
-                (total as f64 * 0.1 / settings.concurrency as f64).ceil()
+                (total * 0.1 / settings.concurrency as f64).ceil()
             ))
         ),
     }
-    Ok(())
 }

@@ -21,7 +21,8 @@ use crate::passes;
 use crate::progress::Progress;
 use crate::provider::{Failure, Gate, ProviderClient, RetryPolicy};
 use crate::rates::Rules;
-use crate::sends::Shard;
+use crate::revisions::{self, Report};
+use crate::sends::{Range, Shard};
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Mutex;
@@ -109,9 +110,49 @@ pub struct Deps<'a> {
     pub progress: Progress,
 }
 
+/// What a pass does.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Records of due sends, then postbacks, then rates.
+    Run,
+    /// Re-fetch every send in a range, whatever its state.
+    Replay(Range),
+}
+
+impl Task {
+    fn kind(&self) -> &'static str {
+        match self {
+            Task::Run => "run",
+            Task::Replay(_) => "replay",
+        }
+    }
+}
+
 /// Runs one pass to its end and records it. A database failure is an error (exit 4);
 /// every other ending is in the summary.
 pub async fn run(deps: Deps<'_>, settings: &PassSettings) -> Result<Summary, DbError> {
+    lifecycle(deps, settings, &Task::Run).await
+}
+
+/// Re-fetches every send in `range` through the same gate and writers as a pass, keeps
+/// the previous records of those that changed, and reports what changed.
+pub async fn replay(
+    deps: Deps<'_>,
+    settings: &PassSettings,
+    range: &Range,
+) -> Result<(Summary, Report), DbError> {
+    let db = deps.db;
+    let summary = lifecycle(deps, settings, &Task::Replay(range.clone())).await?;
+    let report = revisions::report(db, summary.pass_id).await?;
+    Ok((summary, report))
+}
+
+async fn lifecycle(
+    deps: Deps<'_>,
+    settings: &PassSettings,
+    task: &Task,
+) -> Result<Summary, DbError> {
     let Deps {
         db,
         client,
@@ -120,9 +161,9 @@ pub async fn run(deps: Deps<'_>, settings: &PassSettings) -> Result<Summary, DbE
         progress,
     } = deps;
     let started = Instant::now();
-    let parameters = serde_json::to_value(settings).unwrap_or_default();
-    let pass_id = passes::start(db, "run", &settings.owner, clock.now(), &parameters).await?;
-    let span = tracing::info_span!("pass", pass_id, owner = %settings.owner);
+    let parameters = serde_json::json!({ "settings": settings, "task": task });
+    let pass_id = passes::start(db, task.kind(), &settings.owner, clock.now(), &parameters).await?;
+    let span = tracing::info_span!("pass", pass_id, kind = task.kind(), owner = %settings.owner);
     async move {
         tracing::info!(concurrency = settings.concurrency, rate = ?settings.rate, "pass started");
         let stop = interrupt.child_token();
@@ -132,6 +173,8 @@ pub async fn run(deps: Deps<'_>, settings: &PassSettings) -> Result<Summary, DbE
         let retries_before = settings.retry.budget.left();
         let statements_before = db.statements();
         let run = Run {
+            pass_id,
+            task,
             db,
             client,
             clock: &clock,
@@ -197,6 +240,8 @@ pub async fn run(deps: Deps<'_>, settings: &PassSettings) -> Result<Summary, DbE
 
 /// Everything the stages of one pass share.
 pub(crate) struct Run<'a> {
+    pub pass_id: i64,
+    pub task: &'a Task,
     pub db: &'a Db,
     pub client: &'a ProviderClient,
     pub clock: &'a SharedClock,
@@ -219,7 +264,11 @@ impl Run<'_> {
             concurrency: s.concurrency,
             write_interval: s.write_interval,
         };
-        pipeline::run(&records::Records { run: self }, shape, self.stop).await?;
+        if let Task::Replay(range) = self.task {
+            let stage = records::Records::replaying(self, range.clone());
+            return pipeline::run(&stage, shape, self.stop).await;
+        }
+        pipeline::run(&records::Records::due(self), shape, self.stop).await?;
         // Postbacks and rates are claimed in small batches: what a killed pass leaves
         // claimed is what may have been posted without being recorded.
         let small = pipeline::Shape {

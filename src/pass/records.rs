@@ -8,14 +8,33 @@ use crate::db::DbError;
 use crate::decide::{Checked, Decision};
 use crate::provider::Failure;
 use crate::record::Fetched;
-use crate::sends::{self, Claimed, Completion, SendState};
+use crate::revisions;
+use crate::sends::{self, Claimed, Completion, Range, SendState};
 use crate::store;
 use std::collections::HashSet;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use tracing::Instrument;
 
 pub struct Records<'a> {
-    pub run: &'a Run<'a>,
+    run: &'a Run<'a>,
+    /// For a replay: the range, and the highest send id claimed so far.
+    replay: Option<(Range, Mutex<i64>)>,
+}
+
+impl<'a> Records<'a> {
+    /// The sends that are due.
+    pub fn due(run: &'a Run<'a>) -> Self {
+        Self { run, replay: None }
+    }
+
+    /// Every send in `range`, whatever its state, in id order.
+    pub fn replaying(run: &'a Run<'a>, range: Range) -> Self {
+        Self {
+            run,
+            replay: Some((range, Mutex::new(0))),
+        }
+    }
 }
 
 /// A checked send: its record when it was read, and what becomes of it.
@@ -35,15 +54,20 @@ impl Stage for Records<'_> {
 
     async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
         let r = self.run;
-        let claimed = sends::claim(
-            r.db,
-            r.clock.now(),
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            r.settings.lease,
-            &r.settings.owner,
-            r.settings.shard,
-        )
-        .await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (now, lease, owner) = (r.clock.now(), r.settings.lease, &r.settings.owner);
+        let claimed = match &self.replay {
+            None => sends::claim(r.db, now, limit, lease, owner, r.settings.shard).await?,
+            Some((range, after)) => {
+                let from = *after.lock().unwrap_or_else(|p| p.into_inner());
+                let claimed =
+                    sends::claim_range(r.db, now, range, from, limit, lease, owner).await?;
+                if let Some(last) = claimed.iter().map(|c| c.id).max() {
+                    *after.lock().unwrap_or_else(|p| p.into_inner()) = last;
+                }
+                claimed
+            }
+        };
         Counters::add(&r.counters.claimed, claimed.len() as u64);
         Ok(claimed)
     }
@@ -114,7 +138,19 @@ impl Stage for Records<'_> {
                 .filter_map(|c| c.fetched.as_deref().map(|f| (c.send.id, f)))
                 .collect();
             let mut tx = r.db.pool().begin().await?;
-            let held = sends::complete(&mut tx, now, &completions).await?;
+            let held = match self.replay {
+                None => sends::complete(&mut tx, now, &completions).await?,
+                Some(_) => {
+                    let held = sends::complete_replay(&mut tx, now, &completions).await?;
+                    let raw: Vec<(i64, &str)> = fetched
+                        .iter()
+                        .map(|(id, f)| (*id, f.raw.as_str()))
+                        .collect();
+                    revisions::capture(&mut tx, r.pass_id, now, &raw, &held).await?;
+                    r.db.counted(1);
+                    held
+                }
+            };
             let stored = store::store(&mut tx, now, &fetched, &held).await?;
             tx.commit().await?;
             // BEGIN, the sends update, the two stores when there were records, COMMIT.

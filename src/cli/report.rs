@@ -1,0 +1,184 @@
+//! `export`, `replay` and `status`: what finance and whoever is on call run.
+
+use super::run::{PassArgs, exit_for, interrupt_on_signal, time_at_rate, write_json};
+use super::{DbArgs, ProviderArgs};
+use crate::clock;
+use crate::config::ConfigError;
+use crate::db::DbError;
+use crate::exit::Exit;
+use crate::export::{self, Level, Query};
+use crate::pass::{self, Deps};
+use crate::progress::Progress;
+use crate::provider::ProviderClient;
+use crate::sends::{self, Range};
+use crate::status;
+use chrono::{DateTime, Utc};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The range of sent_at both commands take.
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    /// The first day (UTC) or time of sent_at included, e.g. 2026-11-01.
+    #[arg(long, value_parser = export::parse_bound)]
+    pub from: DateTime<Utc>,
+    /// The first day (UTC) or time of sent_at excluded, e.g. 2026-12-01.
+    #[arg(long, value_parser = export::parse_bound)]
+    pub to: DateTime<Utc>,
+    /// Only this app (repeatable).
+    #[arg(long = "app-id")]
+    pub app_ids: Vec<String>,
+}
+
+impl RangeArgs {
+    fn range(&self) -> Result<Range, ConfigError> {
+        if self.from >= self.to {
+            return Err(ConfigError::Invalid(format!(
+                "--from {} is not before --to {}",
+                self.from.to_rfc3339(),
+                self.to.to_rfc3339()
+            )));
+        }
+        Ok(Range {
+            from: self.from,
+            to: self.to,
+            app_ids: self.app_ids.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// One row per attempt, or a summary per day, app, mcc, channel and currency.
+    #[arg(long, value_enum, default_value = "attempt")]
+    pub level: Level,
+    /// Write here (through a temporary file renamed on success, with FILE.manifest.json)
+    /// instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub async fn export(args: ExportArgs) -> anyhow::Result<Exit> {
+    let range = args.range.range()?;
+    let query = Query {
+        from: range.from,
+        to: range.to,
+        app_ids: range.app_ids,
+        level: args.level,
+    };
+    let db = args.db.connect_checked().await?;
+    match &args.out {
+        Some(path) => {
+            let manifest = export::write_file(&db, &query, path).await?;
+            eprintln!(
+                "{} rows written to {} (sha256 {}), manifest {}.manifest.json",
+                manifest.rows,
+                path.display(),
+                manifest.sha256,
+                path.display()
+            );
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            export::write_csv(&db, &query, &mut out).await?;
+            out.flush().map_err(export::ExportError::Write)?;
+        }
+    }
+    Ok(Exit::Done)
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub range: RangeArgs,
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// How many sends and calls, and the time at the configured rate; call and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also write the change report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<Exit> {
+    let range = args.range.range()?;
+    let settings = args.pass.settings()?;
+    if args.dry_run {
+        let db = args.db.connect_checked().await?;
+        let by_state = sends::count_range(&db, &range)
+            .await
+            .map_err(DbError::from)?;
+        let total: i64 = by_state.iter().map(|(_, n)| n).sum();
+        for (state, n) in &by_state {
+            println!("{state:<10} {n:>10}");
+        }
+        println!(
+            "{total} sends in range: {total} record fetches, plus retries on transient failures"
+        );
+        println!("{}", time_at_rate(total, &settings));
+        return Ok(Exit::Done);
+    }
+    let provider = args.provider.settings()?;
+    let db = args
+        .db
+        .with_at_least(settings.writers + 2)
+        .connect_checked()
+        .await?;
+    let client = ProviderClient::new(&provider, clock::system())?;
+    let total: i64 = sends::count_range(&db, &range)
+        .await
+        .map_err(DbError::from)?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    let deps = Deps {
+        db: &db,
+        client: &client,
+        clock: clock::system(),
+        interrupt: interrupt_on_signal(),
+        progress: Progress::new(u64::try_from(total).unwrap_or(0), "replay"),
+    };
+    let (summary, report) = pass::replay(deps, &settings, &range).await?;
+    eprintln!("{}", summary.render());
+    print!("{}", report.render());
+    if let Some(path) = &args.report {
+        write_json(path, &report)?;
+    }
+    Ok(exit_for(&summary))
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// How many of the last passes to show.
+    #[arg(long, default_value_t = 10)]
+    pub passes: i64,
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<Exit> {
+    let db = args.db.connect_checked().await?;
+    let status = status::read(&db, Utc::now(), args.passes.max(0))
+        .await
+        .map_err(DbError::from)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(Exit::Done)
+}

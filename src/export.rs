@@ -1,0 +1,411 @@
+//! The finance export: attempts (or a daily summary of them) for a range of sent_at, as
+//! CSV streamed from PostgreSQL to the writer, row by row: memory does not grow with
+//! the number of rows.
+//!
+//! Money is written exactly as stored (PostgreSQL's `numeric` text: no float, no
+//! exponent, no rounding). Times are RFC 3339 in UTC. A text cell that a spreadsheet
+//! would read as a formula (starting with `=`, `+`, `-`, `@`, tab or CR) gets a leading
+//! `'`; numeric columns stay plain numbers.
+
+use crate::db::{Db, DbError};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use futures::TryStreamExt;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// `--level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// One row per attempt.
+    Attempt,
+    /// One row per (day, app_id, mcc, channel, settle_currency).
+    Summary,
+}
+
+/// What to export.
+#[derive(Debug, Clone, Serialize)]
+pub struct Query {
+    /// Sends with sent_at at or after this...
+    pub from: DateTime<Utc>,
+    /// ...and before this.
+    pub to: DateTime<Utc>,
+    /// Only these apps; all when empty.
+    pub app_ids: Vec<String>,
+    pub level: Level,
+}
+
+/// The attempt level's columns, in order.
+pub const ATTEMPT_COLUMNS: &[&str] = &[
+    "app_id",
+    "verification_id",
+    "order_id",
+    "sent_at",
+    "channel",
+    "attempt",
+    "status",
+    "mcc",
+    "mnc",
+    "submitted_at",
+    "completed_at",
+    "units",
+    "amount",
+    "settle_price",
+    "settle_amount",
+    "settle_currency",
+    "quote_exchange",
+    "reason",
+    "rate",
+    "send_state",
+];
+
+/// The summary level's columns, in order.
+pub const SUMMARY_COLUMNS: &[&str] = &[
+    "day",
+    "app_id",
+    "mcc",
+    "channel",
+    "settle_currency",
+    "sends",
+    "attempts",
+    "units",
+    "amount",
+    "settle_amount",
+];
+
+/// The export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot write the export")]
+    Write(#[source] std::io::Error),
+    #[error("the database answered a value the export cannot read in column {column}: {value:?}")]
+    Value { column: &'static str, value: String },
+}
+
+impl From<sqlx::Error> for ExportError {
+    fn from(e: sqlx::Error) -> Self {
+        ExportError::Db(DbError::Query(e))
+    }
+}
+
+impl From<csv::Error> for ExportError {
+    fn from(e: csv::Error) -> Self {
+        ExportError::Write(std::io::Error::other(e))
+    }
+}
+
+/// Totals of what was written, for the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub rows: u64,
+    /// Sum of `amount` (the provider's quotation currency).
+    pub amount: Decimal,
+    /// Sum of `settle_amount` per `settle_currency` ("" when the provider gave none).
+    pub settle_amount: BTreeMap<String, Decimal>,
+    pub units: i64,
+}
+
+/// The manifest written beside `--out FILE` as `FILE.manifest.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub file: String,
+    pub rows: u64,
+    pub sha256: String,
+    pub totals: Totals,
+    pub parameters: Query,
+    pub columns: Vec<&'static str>,
+    pub generated_at: DateTime<Utc>,
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+const ATTEMPTS_SQL: &str = "
+    SELECT s.app_id, s.verification_id, s.order_id, s.sent_at, a.channel, a.position,
+           a.status, a.mcc, a.mnc, a.submitted_at, a.completed_at,
+           CASE a.channel WHEN 'sms' THEN a.charge_count WHEN 'call' THEN a.charged_duration END AS units,
+           a.amount::text AS amount, a.settle_price::text AS settle_price,
+           a.settle_pay::text AS settle_amount, a.settle_currency, a.quote_exchange::text AS quote_exchange,
+           a.reason, a.rate::text AS rate, s.state
+    FROM sends s
+    JOIN attempts a ON a.send_id = s.id
+    WHERE s.sent_at >= $1 AND s.sent_at < $2 AND (cardinality($3::text[]) = 0 OR s.app_id = ANY($3))
+    ORDER BY s.sent_at, s.id, a.channel, a.position";
+
+const SUMMARY_SQL: &str = "
+    SELECT (s.sent_at AT TIME ZONE 'UTC')::date AS day, s.app_id, a.mcc, a.channel, a.settle_currency,
+           count(DISTINCT s.id) AS sends, count(*) AS attempts,
+           sum(CASE a.channel WHEN 'sms' THEN a.charge_count WHEN 'call' THEN a.charged_duration END)::bigint AS units,
+           sum(a.amount)::text AS amount, sum(a.settle_pay)::text AS settle_amount
+    FROM sends s
+    JOIN attempts a ON a.send_id = s.id
+    WHERE s.sent_at >= $1 AND s.sent_at < $2 AND (cardinality($3::text[]) = 0 OR s.app_id = ANY($3))
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3 NULLS FIRST, 4, 5 NULLS FIRST";
+
+/// Streams the export to `out`; answers the totals and the SHA-256 of the bytes.
+pub async fn write_csv(
+    db: &Db,
+    query: &Query,
+    out: impl Write,
+) -> Result<(Totals, String), ExportError> {
+    let mut writer = csv::WriterBuilder::new().from_writer(Hashing {
+        inner: out,
+        hash: Sha256::new(),
+    });
+    let mut totals = Totals::default();
+    let (sql, columns) = match query.level {
+        Level::Attempt => (ATTEMPTS_SQL, ATTEMPT_COLUMNS),
+        Level::Summary => (SUMMARY_SQL, SUMMARY_COLUMNS),
+    };
+    writer.write_record(columns)?;
+    db.counted(1);
+    let mut rows = sqlx::query(sql)
+        .bind(query.from)
+        .bind(query.to)
+        .bind(&query.app_ids)
+        .fetch(db.pool());
+    let mut record: Vec<String> = Vec::with_capacity(columns.len());
+    while let Some(row) = rows.try_next().await? {
+        record.clear();
+        match query.level {
+            Level::Attempt => attempt_cells(&row, &mut record)?,
+            Level::Summary => summary_cells(&row, &mut record)?,
+        }
+        add_to_totals(&mut totals, query.level, &record)?;
+        writer.write_record(&record)?;
+    }
+    let hashing = writer
+        .into_inner()
+        .map_err(|e| ExportError::Write(e.into_error()))?;
+    let digest = hex::encode(hashing.hash.finalize());
+    Ok((totals, digest))
+}
+
+/// Writes the export to `path` through a temporary file renamed only on success, then
+/// `path.manifest.json` the same way. On failure neither file exists.
+pub async fn write_file(db: &Db, query: &Query, path: &Path) -> Result<Manifest, ExportError> {
+    let tmp = sibling(path, ".tmp");
+    let result = async {
+        let file = std::fs::File::create(&tmp).map_err(ExportError::Write)?;
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 16, file);
+        let (totals, sha256) = write_csv(db, query, &mut buffered).await?;
+        let file = buffered
+            .into_inner()
+            .map_err(|e| ExportError::Write(e.into_error()))?;
+        file.sync_all().map_err(ExportError::Write)?;
+        let manifest = Manifest {
+            file: path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            rows: totals.rows,
+            sha256,
+            totals,
+            parameters: query.clone(),
+            columns: match query.level {
+                Level::Attempt => ATTEMPT_COLUMNS.to_vec(),
+                Level::Summary => SUMMARY_COLUMNS.to_vec(),
+            },
+            generated_at: Utc::now(),
+        };
+        let manifest_path = sibling(path, ".manifest.json");
+        let manifest_tmp = sibling(path, ".manifest.json.tmp");
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| ExportError::Write(e.into()))?;
+        std::fs::write(&manifest_tmp, json).map_err(ExportError::Write)?;
+        std::fs::rename(&tmp, path).map_err(ExportError::Write)?;
+        std::fs::rename(&manifest_tmp, &manifest_path).map_err(ExportError::Write)?;
+        Ok(manifest)
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(sibling(path, ".manifest.json.tmp"));
+    }
+    result
+}
+
+/// `path` with `suffix` appended to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn attempt_cells(row: &sqlx::postgres::PgRow, out: &mut Vec<String>) -> Result<(), sqlx::Error> {
+    out.push(text(row.try_get("app_id")?));
+    out.push(text(row.try_get("verification_id")?));
+    out.push(text(row.try_get("order_id")?));
+    out.push(time(row.try_get("sent_at")?));
+    out.push(text(row.try_get("channel")?));
+    out.push(number(row.try_get::<Option<i32>, _>("position")?));
+    out.push(number(row.try_get::<Option<i64>, _>("status")?));
+    out.push(number(row.try_get::<Option<i64>, _>("mcc")?));
+    out.push(number(row.try_get::<Option<i64>, _>("mnc")?));
+    out.push(time(row.try_get("submitted_at")?));
+    out.push(time(row.try_get("completed_at")?));
+    out.push(number(row.try_get::<Option<i64>, _>("units")?));
+    for money in ["amount", "settle_price", "settle_amount"] {
+        out.push(row.try_get::<Option<String>, _>(money)?.unwrap_or_default());
+    }
+    out.push(text(row.try_get("settle_currency")?));
+    out.push(
+        row.try_get::<Option<String>, _>("quote_exchange")?
+            .unwrap_or_default(),
+    );
+    out.push(text(row.try_get("reason")?));
+    out.push(
+        row.try_get::<Option<String>, _>("rate")?
+            .unwrap_or_default(),
+    );
+    out.push(text(row.try_get("state")?));
+    Ok(())
+}
+
+fn summary_cells(row: &sqlx::postgres::PgRow, out: &mut Vec<String>) -> Result<(), sqlx::Error> {
+    out.push(row.try_get::<NaiveDate, _>("day")?.to_string());
+    out.push(text(row.try_get("app_id")?));
+    out.push(number(row.try_get::<Option<i64>, _>("mcc")?));
+    out.push(text(row.try_get("channel")?));
+    out.push(text(row.try_get("settle_currency")?));
+    out.push(number(row.try_get::<Option<i64>, _>("sends")?));
+    out.push(number(row.try_get::<Option<i64>, _>("attempts")?));
+    out.push(number(row.try_get::<Option<i64>, _>("units")?));
+    out.push(
+        row.try_get::<Option<String>, _>("amount")?
+            .unwrap_or_default(),
+    );
+    out.push(
+        row.try_get::<Option<String>, _>("settle_amount")?
+            .unwrap_or_default(),
+    );
+    Ok(())
+}
+
+fn add_to_totals(totals: &mut Totals, level: Level, cells: &[String]) -> Result<(), ExportError> {
+    let at = |name: &str| {
+        let columns = match level {
+            Level::Attempt => ATTEMPT_COLUMNS,
+            Level::Summary => SUMMARY_COLUMNS,
+        };
+        columns
+            .iter()
+            .position(|c| *c == name)
+            .map_or("", |i| cells[i].as_str())
+    };
+    let decimal = |column: &'static str| -> Result<Decimal, ExportError> {
+        let value = at(column);
+        if value.is_empty() {
+            return Ok(Decimal::ZERO);
+        }
+        Decimal::from_str_exact(value).map_err(|_| ExportError::Value {
+            column,
+            value: value.to_owned(),
+        })
+    };
+    totals.rows += 1;
+    totals.amount += decimal("amount")?;
+    *totals
+        .settle_amount
+        .entry(at("settle_currency").trim_start_matches('\'').to_owned())
+        .or_default() += decimal("settle_amount")?;
+    totals.units += at("units").parse::<i64>().unwrap_or(0);
+    Ok(())
+}
+
+/// A text cell, neutralized against spreadsheet formulas.
+pub fn text(value: Option<String>) -> String {
+    match value {
+        Some(v) if v.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{v}"),
+        Some(v) => v,
+        None => String::new(),
+    }
+}
+
+fn number<T: ToString>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn time(value: Option<DateTime<Utc>>) -> String {
+    value
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// Parses `--from`/`--to`: a UTC date (`2026-11-01`, midnight) or an RFC 3339 time.
+pub fn parse_bound(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(day) = NaiveDate::from_str(s.trim()) {
+        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    crate::record::parse_time(s.trim())
+        .map_err(|e| format!("{s:?}: expected a date like 2026-11-01 or an RFC 3339 time ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formulas_are_neutralized_in_text_cells() {
+        for (cell, out) in [
+            ("=SUM(A1)", "'=SUM(A1)"),
+            ("+1", "'+1"),
+            ("-2", "'-2"),
+            ("@cmd", "'@cmd"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("plain", "plain"),
+        ] {
+            assert_eq!(text(Some(cell.into())), out);
+        }
+        assert_eq!(text(None), "");
+        assert_eq!(number(Some(-1)), "-1", "numbers stay numbers");
+    }
+
+    #[test]
+    fn bounds_are_dates_or_times_in_utc() {
+        assert_eq!(
+            parse_bound("2026-11-01").unwrap().to_rfc3339(),
+            "2026-11-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_bound("2026-11-01T08:00:00+08:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-01T00:00:00+00:00"
+        );
+        assert!(parse_bound("yesterday").is_err());
+    }
+
+    #[test]
+    fn sibling_files_sit_beside_the_output() {
+        assert_eq!(
+            sibling(Path::new("/x/costs.csv"), ".manifest.json"),
+            PathBuf::from("/x/costs.csv.manifest.json")
+        );
+    }
+}
