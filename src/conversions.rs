@@ -2,8 +2,9 @@
 //! back to the provider. Claimed under a lease like sends; a conversion marked `sent`
 //! is never claimed again.
 
-use crate::db::Db;
+use crate::db::{Db, in_shard};
 use crate::ledger::Posted;
+use crate::sends::Shard;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
@@ -96,14 +97,17 @@ pub async fn claim(
     limit: i64,
     lease_for: Duration,
     owner: &str,
+    shard: Option<Shard>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let token = Uuid::new_v4();
     let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
     db.counted(1);
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH due AS (
              SELECT id FROM conversions
-             WHERE state = 'pending' AND next_attempt_at <= $1
+             WHERE state = 'pending' AND next_attempt_at <= $1 AND ",
+        in_shard!("message_id", "$6", "$7"),
+        "
              ORDER BY next_attempt_at
              LIMIT $2
              FOR UPDATE SKIP LOCKED)
@@ -114,13 +118,15 @@ pub async fn claim(
          RETURNING c.id, c.kind, c.app_id, c.message_id, c.converted_at, c.in_doubt,
                    coalesce(c.number, (SELECT s.number FROM sends s
                                        WHERE s.verification_id = c.message_id
-                                         AND s.app_id = c.app_id)) AS number",
-    )
+                                                                                  AND s.app_id = c.app_id)) AS number",
+    ))
     .bind(now)
     .bind(limit)
     .bind(token)
     .bind(owner)
     .bind(expires)
+    .bind(shard.map(|s| s.index as i32))
+    .bind(shard.map_or(1, |s| i64::from(s.of)))
     .fetch_all(db.pool())
     .await?;
     rows.iter()

@@ -11,6 +11,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The SQL condition "`$key` is in shard `$index` of `$of`" (both NULL-able: no shard
+/// means everything). The hash is the first 32 bits of the md5 of the key: stable across
+/// PostgreSQL versions and machines, so a send, and the OTP conversion whose message id
+/// is its verification id, fall in the same shard.
+macro_rules! in_shard {
+    ($key:literal, $index:literal, $of:literal) => {
+        concat!(
+            "(",
+            $index,
+            "::int IS NULL OR mod(('x' || substr(md5(",
+            $key,
+            "), 1, 8))::bit(32)::bigint, ",
+            $of,
+            ") = ",
+            $index,
+            ")"
+        )
+    };
+}
+pub(crate) use in_shard;
+
 /// The migrations in `migrations/`, embedded at build time (no database needed to build).
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 

@@ -356,9 +356,16 @@ fn time(value: Option<DateTime<Utc>>) -> String {
         .unwrap_or_default()
 }
 
-/// Parses `--from`/`--to`: a UTC date (`2026-11-01`, midnight) or an RFC 3339 time.
+/// Parses `--from`/`--to`: a UTC date (`2026-11-01`, midnight), `today` or `yesterday`
+/// (UTC midnights, for a scheduled export), or an RFC 3339 time.
 pub fn parse_bound(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(day) = NaiveDate::from_str(s.trim()) {
+    let today = Utc::now().date_naive();
+    let day = match s.trim() {
+        "today" => Some(today),
+        "yesterday" => today.pred_opt(),
+        other => NaiveDate::from_str(other).ok(),
+    };
+    if let Some(day) = day {
         return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
     }
     crate::record::parse_time(s.trim())
@@ -398,7 +405,20 @@ mod tests {
                 .to_rfc3339(),
             "2026-11-01T00:00:00+00:00"
         );
-        assert!(parse_bound("yesterday").is_err());
+        assert!(parse_bound("last week").is_err());
+        let today = parse_bound("today").unwrap();
+        assert_eq!(
+            today,
+            Utc::now()
+                .date_naive()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc()
+        );
+        assert_eq!(
+            parse_bound("yesterday").unwrap(),
+            today - chrono::Duration::days(1)
+        );
     }
 
     #[test]

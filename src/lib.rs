@@ -12,6 +12,7 @@ pub mod exit;
 pub mod export;
 pub mod import;
 pub mod ledger;
+pub mod metrics;
 pub mod pass;
 pub mod passes;
 pub mod progress;

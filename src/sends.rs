@@ -2,7 +2,7 @@
 //! with the lease token in the `WHERE`, and releasing what a pass did not finish.
 //! Every write is one statement for the whole batch.
 
-use crate::db::Db;
+use crate::db::{Db, in_shard};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
@@ -81,24 +81,39 @@ pub async fn insert(db: &Db, sends: &[NewSend]) -> Result<u64, sqlx::Error> {
     Ok(inserted)
 }
 
-/// The SQL condition "this send is in shard `$index` of `$of`" (both NULL-able: no
-/// shard means every send). The hash is the first 32 bits of the md5 of the send's id,
-/// stable across PostgreSQL versions and machines.
-macro_rules! in_shard {
-    ($index:literal, $of:literal) => {
-        concat!(
-            "(", $index, "::int IS NULL OR mod(('x' || substr(md5(coalesce(verification_id, app_id || ':' || order_id)), 1, 8))::bit(32)::bigint, ",
-            $of, ") = ", $index, ")"
-        )
-    };
-}
-
-/// Which slice of the sends a pass works on: sends whose stable hash modulo `of`
-/// equals `index`.
+/// Which slice of the work a pass takes: items whose stable hash modulo `of` equals
+/// `index` (see [`crate::db::in_shard`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Shard {
     pub index: u32,
     pub of: u32,
+}
+
+impl Shard {
+    /// Parses `I/N`, with I < N.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected I/N, like 0/4"))?;
+        let index: u32 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("{i:?} is not a shard index"))?;
+        let of: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a shard count"))?;
+        Self::new(index, of)
+    }
+
+    pub fn new(index: u32, of: u32) -> Result<Self, String> {
+        if of == 0 || index >= of {
+            return Err(format!(
+                "shard {index}/{of}: the index must be below the count"
+            ));
+        }
+        Ok(Self { index, of })
+    }
 }
 
 /// A send claimed by a pass.
@@ -135,7 +150,11 @@ pub async fn claim(
              SELECT id FROM sends
              WHERE state IN ('pending', 'recheck') AND next_check_at <= $1
                AND (lease_expires_at IS NULL OR lease_expires_at <= $1) AND ",
-        in_shard!("$5", "$6"),
+        in_shard!(
+            "coalesce(verification_id, app_id || ':' || order_id)",
+            "$5",
+            "$6"
+        ),
         "
              ORDER BY next_check_at
              LIMIT $2
@@ -371,7 +390,11 @@ pub async fn due(
         "SELECT state, app_id, count(*) AS count, min(next_check_at) AS oldest_due
          FROM sends
          WHERE state IN ('pending', 'recheck') AND next_check_at <= $1 AND ",
-        in_shard!("$2", "$3"),
+        in_shard!(
+            "coalesce(verification_id, app_id || ':' || order_id)",
+            "$2",
+            "$3"
+        ),
         "
          GROUP BY state, app_id
          ORDER BY state, app_id",

@@ -15,6 +15,14 @@ pub enum LogFormat {
     Json,
 }
 
+static JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// True when logs are JSON lines (a container): reports then go out as log events, not
+/// as free text between the lines.
+pub fn is_json() -> bool {
+    JSON.get().copied().unwrap_or(false)
+}
+
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -23,6 +31,7 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => false,
         LogFormat::Json => true,
     };
+    let _ = JSON.set(json);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

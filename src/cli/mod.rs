@@ -51,6 +51,13 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Fetch one record from the provider and print it, parsed and raw.
     Fetch(fetch::FetchArgs),
+    /// Check that a command line parses (for the manifests' and crontab's checks).
+    #[command(hide = true)]
+    CheckArgs {
+        /// The arguments after `otp-reconcile`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Where the database is.
@@ -157,6 +164,13 @@ pub async fn run(cli: Cli) -> Exit {
         Command::App(args) => admin::app(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Fetch(args) => fetch::run(args).await,
+        Command::CheckArgs { args } => {
+            let line = std::iter::once("otp-reconcile".to_owned()).chain(args);
+            match Cli::try_parse_from(line) {
+                Ok(_) => Ok(Exit::Done),
+                Err(e) => Err(ConfigError::Invalid(e.to_string().trim().to_owned()).into()),
+            }
+        }
     };
     match outcome {
         Ok(exit) => exit,

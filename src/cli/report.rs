@@ -1,6 +1,8 @@
 //! `export`, `replay` and `status`: what finance and whoever is on call run.
 
-use super::run::{PassArgs, exit_for, interrupt_on_signal, time_at_rate, write_json};
+use super::run::{
+    PassArgs, exit_for, interrupt_on_signal, push_metrics, report_summary, time_at_rate, write_json,
+};
 use super::{DbArgs, ProviderArgs};
 use crate::clock;
 use crate::config::ConfigError;
@@ -58,7 +60,7 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value = "attempt")]
     pub level: Level,
     /// Write here (through a temporary file renamed on success, with FILE.manifest.json)
-    /// instead of standard output.
+    /// instead of standard output. `{from}` and `{to}` in the name become the dates.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -72,7 +74,15 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<Exit> {
         level: args.level,
     };
     let db = args.db.connect_checked().await?;
-    match &args.out {
+    let out = args.out.as_ref().map(|path| {
+        let name = path.to_string_lossy();
+        let date = |t: DateTime<Utc>| t.date_naive().to_string();
+        PathBuf::from(
+            name.replace("{from}", &date(query.from))
+                .replace("{to}", &date(query.to)),
+        )
+    });
+    match &out {
         Some(path) => {
             let manifest = export::write_file(&db, &query, path).await?;
             eprintln!(
@@ -150,11 +160,12 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<Exit> {
         progress: Progress::new(u64::try_from(total).unwrap_or(0), "replay"),
     };
     let (summary, report) = pass::replay(deps, &settings, &range).await?;
-    eprintln!("{}", summary.render());
+    report_summary(&summary);
     print!("{}", report.render());
     if let Some(path) = &args.report {
         write_json(path, &report)?;
     }
+    push_metrics(&args.pass, &settings, &summary, "replay").await;
     Ok(exit_for(&summary))
 }
 

@@ -11,7 +11,7 @@ use crate::pass::{self, Deps, Ended, PassSettings, Summary};
 use crate::progress::Progress;
 use crate::provider::{ProviderClient, RetryBudget, RetryPolicy};
 use crate::rates::{self, Rules, Window};
-use crate::sends;
+use crate::sends::{self, Shard};
 use clap::Args;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +56,19 @@ pub struct PassArgs {
     /// Stop claiming after this long, let in-flight requests finish, release the rest.
     #[arg(long, env = "PASS_MAX_RUNTIME", value_parser = humantime::parse_duration)]
     pub max_runtime: Option<Duration>,
+    /// After a stop (SIGTERM, SIGINT, --max-runtime), how long in-flight requests may
+    /// take before they are abandoned and their sends released.
+    #[arg(long, env = "PASS_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Work on shard I of N only (a stable hash of each send's id), at 1/N of --rate.
+    #[arg(long, env = "SHARD", value_parser = Shard::parse, conflicts_with = "shards")]
+    pub shard: Option<Shard>,
+    /// Shard JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job) of this many.
+    #[arg(long, env = "SHARDS")]
+    pub shards: Option<u32>,
+    /// Push the pass's counters and duration to this Prometheus Pushgateway.
+    #[arg(long, env = "PUSHGATEWAY_URL")]
+    pub pushgateway: Option<url::Url>,
     /// A send still not final this long after it was sent is expired.
     #[arg(long, env = "PASS_MAX_AGE", default_value = "72h", value_parser = humantime::parse_duration)]
     pub max_age: Duration,
@@ -110,6 +123,27 @@ fn parse_schedule(s: &str) -> Result<Delays, String> {
 }
 
 impl PassArgs {
+    /// `--shard I/N`, or `--shards N` with the index from JOB_COMPLETION_INDEX.
+    fn shard(&self) -> Result<Option<Shard>, ConfigError> {
+        match (self.shard, self.shards) {
+            (Some(shard), _) => Ok(Some(shard)),
+            (None, None) => Ok(None),
+            (None, Some(of)) => {
+                let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+                    ConfigError::Invalid(
+                        "--shards needs JOB_COMPLETION_INDEX (an Indexed Job sets it)".into(),
+                    )
+                })?;
+                let index = index.trim().parse().map_err(|_| {
+                    ConfigError::Invalid(format!("JOB_COMPLETION_INDEX {index:?} is not a number"))
+                })?;
+                Shard::new(index, of)
+                    .map(Some)
+                    .map_err(ConfigError::Invalid)
+            }
+        }
+    }
+
     pub fn settings(&self) -> Result<PassSettings, ConfigError> {
         if self.concurrency == 0
             || self.batch_size == 0
@@ -125,13 +159,18 @@ impl PassArgs {
                 "--rate must be a positive number".into(),
             ));
         }
+        let shard = self.shard()?;
+        // A shard takes its share of the rate and the burst.
+        let of = shard.map_or(1, |s| s.of);
         Ok(PassSettings {
             batch_size: self.batch_size,
             write_batch: self.batch_size,
             writers: self.writers,
             concurrency: self.concurrency,
-            rate: self.rate,
-            burst: self.burst.max(1),
+            rate: self.rate.map(|r| r / f64::from(of)),
+            burst: (self.burst / of).max(1),
+            shard,
+            grace: self.grace,
             lease: self.lease,
             max_runtime: self.max_runtime,
             schedule: Schedule {
@@ -207,11 +246,43 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         interrupt_on_signal(),
     )
     .await?;
-    eprintln!("{}", summary.render());
+    report_summary(&summary);
     if let Some(path) = &args.summary_json {
         write_json(path, &summary)?;
     }
+    push_metrics(&args.pass, &settings, &summary, "run").await;
     Ok(exit_for(&summary))
+}
+
+/// The summary on stderr, whatever `RUST_LOG` filters: as text on a terminal, as one
+/// JSON line shaped like the log events otherwise.
+pub fn report_summary(summary: &Summary) {
+    if crate::telemetry::is_json() {
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "INFO",
+            "fields": { "message": "pass summary", "summary": summary },
+            "target": "otp_reconcile::summary",
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("{}", summary.render());
+    }
+}
+
+/// Pushes the summary to `--pushgateway`, if given. A failed push is logged: it never
+/// fails the pass.
+pub async fn push_metrics(args: &PassArgs, settings: &PassSettings, summary: &Summary, kind: &str) {
+    let Some(gateway) = &args.pushgateway else {
+        return;
+    };
+    let shard = settings
+        .shard
+        .map_or("all".to_owned(), |s| format!("{}-of-{}", s.index, s.of));
+    match crate::metrics::push(gateway, summary, kind, &shard).await {
+        Ok(()) => tracing::info!(%gateway, "metrics pushed"),
+        Err(e) => tracing::warn!(%gateway, error = %e, "cannot push the metrics"),
+    }
 }
 
 /// Writes `value` as JSON, through a temporary file renamed into place.

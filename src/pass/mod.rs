@@ -53,6 +53,9 @@ pub struct PassSettings {
     pub lease: Duration,
     #[serde(serialize_with = "crate::ser::optional_duration")]
     pub max_runtime: Option<Duration>,
+    /// After a stop, how long in-flight requests may take before they are abandoned.
+    #[serde(serialize_with = "crate::ser::duration")]
+    pub grace: Duration,
     pub schedule: Schedule,
     #[serde(skip)]
     pub retry: RetryPolicy,
@@ -78,6 +81,7 @@ impl Default for PassSettings {
             burst: 1,
             lease: Duration::from_secs(300),
             max_runtime: None,
+            grace: Duration::from_secs(20),
             schedule: Schedule::default(),
             retry: RetryPolicy::default(),
             max_attempts: RetryPolicy::default().max_attempts,
@@ -166,7 +170,8 @@ async fn lifecycle(
     let span = tracing::info_span!("pass", pass_id, kind = task.kind(), owner = %settings.owner);
     async move {
         tracing::info!(concurrency = settings.concurrency, rate = ?settings.rate, "pass started");
-        let stop = interrupt.child_token();
+                let stop = interrupt.child_token();
+        let abort = CancellationToken::new();
         let gate = Gate::new(settings.rate, settings.burst, stop.clone());
         let counters = Counters::default();
         let fatal: Mutex<Option<Failure>> = Mutex::new(None);
@@ -180,25 +185,39 @@ async fn lifecycle(
             clock: &clock,
             settings,
             gate: &gate,
-            stop: &stop,
+                        stop: &stop,
+            abort: &abort,
             counters: &counters,
             fatal: &fatal,
             progress: &progress,
         };
 
-        // The deadline only stops claiming and new requests; the work then drains.
-        let work = run.stages();
-        tokio::pin!(work);
-        let mut hit_deadline = false;
-        let result = tokio::select! {
-            result = &mut work => result,
-            _ = tokio::time::sleep(settings.max_runtime.unwrap_or_default()), if settings.max_runtime.is_some() => {
-                tracing::info!("max runtime reached: releasing what has not started");
-                hit_deadline = true;
-                stop.cancel();
-                work.await
+                // The deadline, a signal or a fatal answer stops claiming and new requests;
+        // in-flight requests then get `grace` to finish before they are abandoned (and
+        // their items released).
+        let hit_deadline = std::sync::atomic::AtomicBool::new(false);
+        let timers = async {
+            match settings.max_runtime {
+                Some(limit) => tokio::select! {
+                    _ = tokio::time::sleep(limit) => {
+                        tracing::info!("max runtime reached: releasing what has not started");
+                        hit_deadline.store(true, std::sync::atomic::Ordering::Relaxed);
+                        stop.cancel();
+                    }
+                    _ = stop.cancelled() => {}
+                },
+                None => stop.cancelled().await,
             }
+            tokio::time::sleep(settings.grace).await;
+            tracing::warn!(grace = ?settings.grace, "grace period over: abandoning in-flight requests");
+            abort.cancel();
+            std::future::pending::<()>().await
         };
+        let result = tokio::select! {
+            result = run.stages() => result,
+            () = timers => unreachable!("the timers never end"),
+        };
+        let hit_deadline = hit_deadline.into_inner();
         progress.finish();
 
         let fatal = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -248,6 +267,8 @@ pub(crate) struct Run<'a> {
     pub settings: &'a PassSettings,
     pub gate: &'a Gate,
     pub stop: &'a CancellationToken,
+    /// Cancelled when the grace after a stop is over: in-flight calls are abandoned.
+    pub abort: &'a CancellationToken,
     pub counters: &'a Counters,
     pub fatal: &'a Mutex<Option<Failure>>,
     pub progress: &'a Progress,
@@ -279,8 +300,10 @@ impl Run<'_> {
         if s.postbacks && !self.stop.is_cancelled() {
             pipeline::run(&postbacks::Postbacks { run: self }, small, self.stop).await?;
         }
+        // Rates are computed over every send: one shard (the first) does it.
         if let Some(rules) = &s.rates
             && !self.stop.is_cancelled()
+            && s.shard.is_none_or(|shard| shard.index == 0)
         {
             let stage = rate_posts::RatePosts::prepare(self, rules).await?;
             pipeline::run(&stage, small, self.stop).await?;
@@ -302,13 +325,17 @@ impl Run<'_> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        match self.settings.retry.run(self.gate, call).await? {
+        let outcome = tokio::select! {
+            outcome = self.settings.retry.run(self.gate, call) => outcome?,
+            _ = self.abort.cancelled() => return None,
+        };
+        match outcome {
             Err(failure @ Failure::Fatal { .. }) => {
-                tracing::error!(%failure, "the provider refused our credentials: stopping the pass");
-                self.fatal
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(failure);
+                let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+                if fatal.is_none() {
+                    tracing::error!(%failure, "the provider refused our credentials: stopping the pass");
+                    *fatal = Some(failure);
+                }
                 self.stop.cancel();
                 None
             }

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What became of an item.
 pub enum Worked<I, D> {
@@ -98,7 +99,14 @@ async fn claim_all<S: Stage>(
             return Ok(());
         }
         let claiming = Instant::now();
-        let claimed = stage.claim(batch).await?;
+        let claimed = stage
+            .claim(batch)
+            .instrument(tracing::debug_span!(
+                "claim",
+                stage = stage.name(),
+                limit = batch
+            ))
+            .await?;
         tracing::debug!(
             stage = stage.name(),
             claimed = claimed.len(),
@@ -127,16 +135,20 @@ async fn write_all<S: Stage>(
     let mut tick = tokio::time::interval(shape.write_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closed = false;
-    let write = |done: Vec<S::Done>, released: Vec<S::Item>| async move {
-        let (n, started) = (done.len() + released.len(), Instant::now());
-        stage.write(done, released).await?;
-        tracing::debug!(
+    let write = |done: Vec<S::Done>, released: Vec<S::Item>| {
+        let span = tracing::debug_span!(
+            "batch",
             stage = stage.name(),
-            items = n,
-            ms = started.elapsed().as_millis() as u64,
-            "wrote a batch"
+            done = done.len(),
+            released = released.len()
         );
-        Ok::<(), DbError>(())
+        async move {
+            let started = Instant::now();
+            stage.write(done, released).await?;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "wrote a batch");
+            Ok::<(), DbError>(())
+        }
+        .instrument(span)
     };
     loop {
         let pending = !done.is_empty() || !released.is_empty();

@@ -33,6 +33,7 @@ impl Stage for Postbacks<'_> {
             i64::try_from(limit).unwrap_or(i64::MAX),
             r.settings.lease,
             &r.settings.owner,
+            r.settings.shard,
         )
         .await?;
         Counters::add(&r.counters.conversions.claimed, claimed.len() as u64);
