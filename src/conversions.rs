@@ -3,6 +3,7 @@
 //! is never claimed again.
 
 use crate::db::{Db, in_shard};
+use crate::lease::{self, Lease};
 use crate::ledger::Posted;
 use crate::sends::Shard;
 use chrono::{DateTime, Utc};
@@ -99,9 +100,7 @@ pub async fn claim(
     owner: &str,
     shard: Option<Shard>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let token = Uuid::new_v4();
-    let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
-    db.counted(1);
+    let Lease { token, expires } = Lease::claim(db, now, lease_for);
     let rows = sqlx::query(concat!(
         "WITH due AS (
              SELECT id FROM conversions
@@ -166,14 +165,10 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
     let mut sent_at = Vec::with_capacity(done.len());
     let mut error = Vec::with_capacity(done.len());
     for d in done {
-        let (n, at, e) = match &d.posted {
-            Posted::Sent => (now, Some(now), None),
-            Posted::Rejected(reason) => (now, None, Some(reason.as_str())),
-            Posted::Later { at, error } => (*at, None, Some(error.as_str())),
-        };
-        state.push(d.posted.state());
+        let (s, n, e) = d.posted.columns(now);
+        state.push(s);
         next.push(n);
-        sent_at.push(at);
+        sent_at.push(d.posted.is_sent().then_some(now));
         error.push(e);
     }
     db.counted(1);
@@ -206,23 +201,8 @@ pub async fn release(
     now: DateTime<Utc>,
     held: &[(i64, Uuid)],
 ) -> Result<u64, sqlx::Error> {
-    if held.is_empty() {
-        return Ok(0);
-    }
-    db.counted(1);
-    Ok(sqlx::query(
-        "UPDATE conversions c
-         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-             next_attempt_at = $1, updated_at = $1
-         FROM unnest($2::bigint[], $3::uuid[]) AS u(id, lease)
-         WHERE c.id = u.id AND c.lease_token = u.lease",
-    )
-    .bind(now)
-    .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(held.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
-    .execute(db.pool())
-    .await?
-    .rows_affected())
+    let sql = lease::release_sql!("conversions", "next_attempt_at");
+    lease::release_by_id(db, sql, now, held).await
 }
 
 /// Pending conversions due now, per kind and app.

@@ -206,8 +206,48 @@ pub const SEND_COLUMNS: &[&str] = &[
     "sent_at",
 ];
 
-/// Imports sends; apps must be registered first.
-pub async fn import_sends(
+/// A kind of row the importer loads: its CSV columns, how a line is read (apps must be
+/// registered first), how a batch is stored.
+pub trait Loadable: Sized + Send + 'static {
+    const COLUMNS: &'static [&'static str];
+    fn parse(
+        columns: &Columns,
+        record: &StringRecord,
+        known_apps: &HashSet<String>,
+    ) -> Result<Self, String>;
+    fn insert(db: &Db, rows: &[Self]) -> impl Future<Output = Result<u64, sqlx::Error>>;
+}
+
+impl Loadable for NewSend {
+    const COLUMNS: &'static [&'static str] = SEND_COLUMNS;
+    fn parse(
+        columns: &Columns,
+        record: &StringRecord,
+        known: &HashSet<String>,
+    ) -> Result<Self, String> {
+        parse_send(columns, record, known)
+    }
+    fn insert(db: &Db, rows: &[Self]) -> impl Future<Output = Result<u64, sqlx::Error>> {
+        sends::insert(db, rows)
+    }
+}
+
+impl Loadable for NewConversion {
+    const COLUMNS: &'static [&'static str] = CONVERSION_COLUMNS;
+    fn parse(
+        columns: &Columns,
+        record: &StringRecord,
+        known: &HashSet<String>,
+    ) -> Result<Self, String> {
+        parse_conversion(columns, record, known)
+    }
+    fn insert(db: &Db, rows: &[Self]) -> impl Future<Output = Result<u64, sqlx::Error>> {
+        conversions::insert(db, rows)
+    }
+}
+
+/// Imports rows of `T` from CSV.
+pub async fn import_rows<T: Loadable>(
     db: &Db,
     input: Box<dyn Read + Send>,
     on_rejected: impl FnMut(&Rejected),
@@ -215,32 +255,33 @@ pub async fn import_sends(
     let known = apps::known(db).await.map_err(DbError::from)?;
     import(
         input,
-        SEND_COLUMNS,
-        move |columns, record| parse_send(columns, record, &known),
-        |rows| async move { sends::insert(db, &rows).await.map_err(DbError::from) },
+        T::COLUMNS,
+        move |columns, record| T::parse(columns, record, &known),
+        |rows| async move { T::insert(db, &rows).await.map_err(DbError::from) },
         on_rejected,
     )
     .await
 }
 
+/// Imports sends.
+pub async fn import_sends(
+    db: &Db,
+    input: Box<dyn Read + Send>,
+    on_rejected: impl FnMut(&Rejected),
+) -> Result<ImportReport, ImportError> {
+    import_rows::<NewSend>(db, input, on_rejected).await
+}
+
 /// The columns of a conversions file.
 pub const CONVERSION_COLUMNS: &[&str] = &["kind", "app_id", "message_id", "number", "converted_at"];
 
-/// Imports conversions; apps must be registered first.
+/// Imports conversions.
 pub async fn import_conversions(
     db: &Db,
     input: Box<dyn Read + Send>,
     on_rejected: impl FnMut(&Rejected),
 ) -> Result<ImportReport, ImportError> {
-    let known = apps::known(db).await.map_err(DbError::from)?;
-    import(
-        input,
-        CONVERSION_COLUMNS,
-        move |columns, record| parse_conversion(columns, record, &known),
-        |rows| async move { conversions::insert(db, &rows).await.map_err(DbError::from) },
-        on_rejected,
-    )
-    .await
+    import_rows::<NewConversion>(db, input, on_rejected).await
 }
 
 /// The longest id accepted.

@@ -30,12 +30,18 @@ impl Posted {
         }
     }
 
-    /// The ledger state this verdict writes.
-    pub fn state(&self) -> &'static str {
+    /// True for an acknowledgement.
+    pub fn is_sent(&self) -> bool {
+        matches!(self, Posted::Sent)
+    }
+
+    /// The ledger columns this verdict writes at `now`: the state, when the item is due
+    /// again, and the error kept.
+    pub fn columns(&self, now: DateTime<Utc>) -> (&'static str, DateTime<Utc>, Option<&str>) {
         match self {
-            Posted::Sent => "sent",
-            Posted::Rejected(_) => "rejected",
-            Posted::Later { .. } => "pending",
+            Posted::Sent => ("sent", now, None),
+            Posted::Rejected(reason) => ("rejected", now, Some(reason)),
+            Posted::Later { at, error } => ("pending", *at, Some(error)),
         }
     }
 }

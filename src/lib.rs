@@ -11,6 +11,7 @@ pub mod decide;
 pub mod exit;
 pub mod export;
 pub mod import;
+pub mod lease;
 pub mod ledger;
 pub mod metrics;
 pub mod pass;

@@ -12,6 +12,7 @@
 //! - the rate (backfillNow) is [`crate::provider::api::rate_percent`].
 
 use crate::db::Db;
+use crate::lease::Lease;
 use crate::ledger::Posted;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clap::ValueEnum;
@@ -207,9 +208,7 @@ pub async fn claim(
     lease_for: Duration,
     owner: &str,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let token = Uuid::new_v4();
-    let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
-    db.counted(1);
+    let Lease { token, expires } = Lease::claim(db, now, lease_for);
     let rows = sqlx::query(
         "WITH due AS (
              SELECT app_id, mcc, window_start, window_length FROM conversion_rates
@@ -270,15 +269,11 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<u64,
     let mut posted_at = Vec::with_capacity(done.len());
     let mut error = Vec::with_capacity(done.len());
     for d in done {
-        let (n, r, at, e) = match &d.posted {
-            Posted::Sent => (now, Some(d.rate), Some(d.callback_at), None),
-            Posted::Rejected(reason) => (now, None, None, Some(reason.as_str())),
-            Posted::Later { at, error } => (*at, None, None, Some(error.as_str())),
-        };
-        state.push(d.posted.state());
+        let (s, n, e) = d.posted.columns(now);
+        state.push(s);
         next.push(n);
-        rate.push(r);
-        posted_at.push(at);
+        rate.push(d.posted.is_sent().then_some(d.rate));
+        posted_at.push(d.posted.is_sent().then_some(d.callback_at));
         error.push(e);
     }
     let w = |f: fn(&Claimed) -> String| done.iter().map(|d| f(&d.window)).collect::<Vec<_>>();

@@ -3,6 +3,7 @@
 //! Every write is one statement for the whole batch.
 
 use crate::db::{Db, in_shard};
+use crate::lease::{self, Lease};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
@@ -142,9 +143,7 @@ pub async fn claim(
     owner: &str,
     shard: Option<Shard>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let token = Uuid::new_v4();
-    let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
-    db.counted(1);
+    let Lease { token, expires } = Lease::claim(db, now, lease_for);
     let rows = sqlx::query(concat!(
         "WITH due AS (
              SELECT id FROM sends
@@ -217,9 +216,7 @@ pub async fn claim_range(
     lease_for: Duration,
     owner: &str,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let token = Uuid::new_v4();
-    let expires = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
-    db.counted(1);
+    let Lease { token, expires } = Lease::claim(db, now, lease_for);
     let rows = sqlx::query(
         "WITH todo AS (
              SELECT id FROM sends
@@ -278,45 +275,15 @@ pub struct Completion {
 /// Writes the checked sends still held under their lease, in the caller's transaction;
 /// answers the ids written. A send whose lease expired and was claimed again is left
 /// as its new holder has it. The rows written stay locked until the transaction ends.
+///
+/// With `keep_unchanged` (a replay), a send whose state does not change keeps its
+/// `next_check_at`, `last_error`, check count and `updated_at`: a replay that finds
+/// nothing new leaves the row as it was.
 pub async fn complete(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     done: &[Completion],
-) -> Result<Vec<i64>, sqlx::Error> {
-    if done.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_scalar(
-        "UPDATE sends s
-         SET state = u.state, attempts = s.attempts + 1, next_check_at = u.next_check_at,
-             last_error = u.last_error, last_checked_at = $1, updated_at = $1,
-             lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-         FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
-              AS u(id, lease, state, next_check_at, last_error)
-         WHERE s.id = u.id AND s.lease_token = u.lease
-         RETURNING s.id",
-    )
-    .bind(now)
-    .bind(done.iter().map(|c| c.id).collect::<Vec<_>>())
-    .bind(done.iter().map(|c| c.lease).collect::<Vec<_>>())
-    .bind(done.iter().map(|c| c.state.as_str()).collect::<Vec<_>>())
-    .bind(done.iter().map(|c| c.next_check_at).collect::<Vec<_>>())
-    .bind(
-        done.iter()
-            .map(|c| c.last_error.clone())
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(conn)
-    .await
-}
-
-/// Like [`complete`], for a replay: a send whose state does not change keeps its
-/// `next_check_at`, `last_error`, check count and `updated_at`, so a replay that finds
-/// nothing new leaves the row as it was.
-pub async fn complete_replay(
-    conn: &mut PgConnection,
-    now: DateTime<Utc>,
-    done: &[Completion],
+    keep_unchanged: bool,
 ) -> Result<Vec<i64>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
@@ -324,11 +291,11 @@ pub async fn complete_replay(
     sqlx::query_scalar(
         "UPDATE sends s
          SET state = u.state,
-             next_check_at = CASE WHEN s.state = u.state THEN s.next_check_at ELSE u.next_check_at END,
-             last_error = CASE WHEN s.state = u.state THEN s.last_error ELSE u.last_error END,
-             attempts = CASE WHEN s.state = u.state THEN s.attempts ELSE s.attempts + 1 END,
-             last_checked_at = CASE WHEN s.state = u.state THEN s.last_checked_at ELSE $1 END,
-             updated_at = CASE WHEN s.state = u.state THEN s.updated_at ELSE $1 END,
+             next_check_at = CASE WHEN $7 AND s.state = u.state THEN s.next_check_at ELSE u.next_check_at END,
+             last_error = CASE WHEN $7 AND s.state = u.state THEN s.last_error ELSE u.last_error END,
+             attempts = CASE WHEN $7 AND s.state = u.state THEN s.attempts ELSE s.attempts + 1 END,
+             last_checked_at = CASE WHEN $7 AND s.state = u.state THEN s.last_checked_at ELSE $1 END,
+             updated_at = CASE WHEN $7 AND s.state = u.state THEN s.updated_at ELSE $1 END,
              lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
          FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
               AS u(id, lease, state, next_check_at, last_error)
@@ -341,6 +308,7 @@ pub async fn complete_replay(
     .bind(done.iter().map(|c| c.state.as_str()).collect::<Vec<_>>())
     .bind(done.iter().map(|c| c.next_check_at).collect::<Vec<_>>())
     .bind(done.iter().map(|c| c.last_error.clone()).collect::<Vec<_>>())
+    .bind(keep_unchanged)
     .fetch_all(conn)
     .await
 }
@@ -352,23 +320,8 @@ pub async fn release(
     now: DateTime<Utc>,
     held: &[(i64, Uuid)],
 ) -> Result<u64, sqlx::Error> {
-    if held.is_empty() {
-        return Ok(0);
-    }
-    db.counted(1);
-    Ok(sqlx::query(
-        "UPDATE sends s
-         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-             next_check_at = $1, updated_at = $1
-         FROM unnest($2::bigint[], $3::uuid[]) AS u(id, lease)
-         WHERE s.id = u.id AND s.lease_token = u.lease",
-    )
-    .bind(now)
-    .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(held.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
-    .execute(db.pool())
-    .await?
-    .rows_affected())
+    let sql = lease::release_sql!("sends", "next_check_at");
+    lease::release_by_id(db, sql, now, held).await
 }
 
 /// Due sends per state and app: what a pass would claim now.

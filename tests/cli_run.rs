@@ -225,13 +225,18 @@ async fn import_reports_each_bad_line_and_loads_the_rest(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn run_refuses_a_schema_it_does_not_know(pool: PgPool) {
-    let mut cmd = bin(&pool, None);
+/// `run` with credentials that are never used: it stops before any call.
+async fn run_with_placeholder_credentials(pool: &PgPool) -> Output {
+    let mut cmd = bin(pool, None);
     cmd.env("PROVIDER_API_KEY", "k")
         .env("PROVIDER_API_SECRET", "s")
         .args(["run"]);
-    let out = blocking(move || output(&mut cmd)).await;
+    blocking(move || output(&mut cmd)).await
+}
+
+#[sqlx::test(migrations = false)]
+async fn run_refuses_a_schema_it_does_not_know(pool: PgPool) {
+    let out = run_with_placeholder_credentials(&pool).await;
     assert_eq!(out.status.code(), Some(4));
     assert!(
         stderr(&out).contains("run `otp-reconcile migrate`"),
@@ -251,11 +256,7 @@ async fn run_refuses_a_schema_it_does_not_know(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let mut cmd = bin(&pool, None);
-    cmd.env("PROVIDER_API_KEY", "k")
-        .env("PROVIDER_API_SECRET", "s")
-        .args(["run"]);
-    let out = blocking(move || output(&mut cmd)).await;
+    let out = run_with_placeholder_credentials(&pool).await;
     assert_eq!(out.status.code(), Some(4));
     assert!(
         stderr(&out).contains("newer than this binary"),

@@ -18,6 +18,14 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Faults of a fixed latency only.
+fn latency(ms: u64) -> Faults {
+    Faults {
+        latency_ms: ms,
+        ..Faults::default()
+    }
+}
+
 async fn simulator(records: RecordConfig, faults: Faults) -> otp_reconcile::simulator::SimHandle {
     let mut config = SimConfig::new(11);
     config.records = records;
@@ -75,14 +83,7 @@ async fn a_pass_through_5xx_stalls_malformed_json_and_429_bursts_settles_every_f
 async fn two_passes_at_once_never_fetch_a_final_record_twice(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(5_000, "c")).await;
-    let sim = simulator(
-        RecordConfig::default(),
-        Faults {
-            latency_ms: 2,
-            ..Faults::default()
-        },
-    )
-    .await;
+    let sim = simulator(RecordConfig::default(), latency(2)).await;
     let client = client(&sim, Duration::from_secs(2));
     let mut first = quick_settings(32);
     first.owner = "pass-a".into();
@@ -267,14 +268,7 @@ async fn bad_answers_are_kept_for_a_recheck_with_the_problem_and_the_rest_goes_o
 async fn refused_credentials_stop_the_pass_after_at_most_concurrency_requests(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(2_000, "auth")).await;
-    let sim = simulator(
-        RecordConfig::default(),
-        Faults {
-            latency_ms: 5,
-            ..Faults::default()
-        },
-    )
-    .await;
+    let sim = simulator(RecordConfig::default(), latency(5)).await;
     let wrong = ProviderClient::new(
         &ProviderSettings::new(
             &sim.base_url(),
@@ -321,14 +315,7 @@ async fn refused_credentials_stop_the_pass_after_at_most_concurrency_requests(po
 async fn max_runtime_releases_what_has_not_started(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(1_000, "slow")).await;
-    let sim = simulator(
-        RecordConfig::default(),
-        Faults {
-            latency_ms: 100,
-            ..Faults::default()
-        },
-    )
-    .await;
+    let sim = simulator(RecordConfig::default(), latency(100)).await;
     let client = client(&sim, Duration::from_secs(2));
     let mut settings = quick_settings(4);
     settings.batch_size = 50;
@@ -390,15 +377,25 @@ async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
             .collect()
     };
     let mut tx = pool.begin().await.unwrap();
-    let held = sends::complete(&mut tx, later, &complete(&first, SendState::Rejected))
-        .await
-        .unwrap();
+    let held = sends::complete(
+        &mut tx,
+        later,
+        &complete(&first, SendState::Rejected),
+        false,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert!(held.is_empty(), "the late finisher holds nothing");
     let mut tx = pool.begin().await.unwrap();
-    let held = sends::complete(&mut tx, later, &complete(&second, SendState::Settled))
-        .await
-        .unwrap();
+    let held = sends::complete(
+        &mut tx,
+        later,
+        &complete(&second, SendState::Settled),
+        false,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(held.len(), 10);
     assert_eq!(

@@ -532,10 +532,34 @@ async fn postbacks_and_rates_are_acknowledged_and_counted() {
     assert!(stats.duplicates.postbacks.is_empty());
 }
 
+/// POSTs `body` as it is to the simulator, signed with the demo credentials.
+async fn signed_post(
+    sim: &SimHandle,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> serde_json::Value {
+    let ts = chrono::Utc::now().timestamp();
+    reqwest::Client::new()
+        .post(format!("{}{path}", sim.base_url()))
+        .header("Content-Type", "application/json;charset=UTF-8")
+        .header("Api-Key", DEMO_API_KEY)
+        .header("Timestamp", ts.to_string())
+        .header(
+            "Sign",
+            sign::sign(DEMO_API_KEY, &SecretString::from(DEMO_API_SECRET), ts),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_pages_own_request_samples_are_accepted_verbatim() {
     let sim = simulator().await;
-    let http = reqwest::Client::new();
     for (path, sample) in [
         ("/otp/backfillRate", "backfill-rate.request.json"),
         (
@@ -548,23 +572,7 @@ async fn the_pages_own_request_samples_are_accepted_verbatim() {
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();
-        let ts = chrono::Utc::now().timestamp();
-        let answer: serde_json::Value = http
-            .post(format!("{}{path}", sim.base_url()))
-            .header("Content-Type", "application/json;charset=UTF-8")
-            .header("Api-Key", DEMO_API_KEY)
-            .header("Timestamp", ts.to_string())
-            .header(
-                "Sign",
-                sign::sign(DEMO_API_KEY, &SecretString::from(DEMO_API_SECRET), ts),
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = signed_post(&sim, path, body).await;
         assert_eq!(answer["status"], "0", "{sample}: {answer}");
     }
 }
@@ -572,7 +580,6 @@ async fn the_pages_own_request_samples_are_accepted_verbatim() {
 #[tokio::test]
 async fn malformed_bodies_and_missing_fields_are_minus_22() {
     let sim = simulator().await;
-    let http = reqwest::Client::new();
     for (path, body) in [
         ("/otp/verification/orderId/record", "{not json"),
         ("/otp/verification/orderId/record", r#"{"appId":"a"}"#),
@@ -598,22 +605,7 @@ async fn malformed_bodies_and_missing_fields_are_minus_22() {
             r#"{"appId":"abcd","mcc":"460","backfillNow":"1","callbackTime":"2023-01-29T09:59:58"}"#,
         ),
     ] {
-        let ts = chrono::Utc::now().timestamp();
-        let answer: serde_json::Value = http
-            .post(format!("{}{path}", sim.base_url()))
-            .header("Api-Key", DEMO_API_KEY)
-            .header("Timestamp", ts.to_string())
-            .header(
-                "Sign",
-                sign::sign(DEMO_API_KEY, &SecretString::from(DEMO_API_SECRET), ts),
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = signed_post(&sim, path, body).await;
         assert_eq!(answer["status"], "-22", "{path} {body}: {answer}");
     }
 }

@@ -3,7 +3,7 @@
 //! generated sends through the CSV importer, runs a pass with a progress bar, and says
 //! where to look next.
 
-use super::run::{PassArgs, exit_for, interrupt_on_signal, pass_with_progress};
+use super::run::{PassArgs, exit_for, pass_with_progress};
 use crate::apps;
 use crate::clock;
 use crate::config::ProviderSettings;
@@ -83,14 +83,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         false,
     )?;
     let client = ProviderClient::new(&provider, clock::system())?;
-    let summary = pass_with_progress(
-        &db,
-        &client,
-        clock::system(),
-        &settings,
-        interrupt_on_signal(),
-    )
-    .await?;
+    let summary = pass_with_progress(&db, &client, &settings).await?;
     eprintln!("{}", summary.render());
     let stats = sim.stats();
     eprintln!(

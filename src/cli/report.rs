@@ -1,7 +1,8 @@
 //! `export`, `replay` and `status`: what finance and whoever is on call run.
 
 use super::run::{
-    PassArgs, exit_for, interrupt_on_signal, push_metrics, report_summary, time_at_rate, write_json,
+    PassArgs, connect_for_pass, exit_for, interrupt_on_signal, push_metrics, report_summary,
+    time_at_rate, write_json,
 };
 use super::{DbArgs, ProviderArgs};
 use crate::clock;
@@ -11,7 +12,6 @@ use crate::exit::Exit;
 use crate::export::{self, Level, Query};
 use crate::pass::{self, Deps};
 use crate::progress::Progress;
-use crate::provider::ProviderClient;
 use crate::sends::{self, Range};
 use crate::status;
 use chrono::{DateTime, Utc};
@@ -139,13 +139,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<Exit> {
         println!("{}", time_at_rate(total, &settings));
         return Ok(Exit::Done);
     }
-    let provider = args.provider.settings()?;
-    let db = args
-        .db
-        .with_at_least(settings.writers + 2)
-        .connect_checked()
-        .await?;
-    let client = ProviderClient::new(&provider, clock::system())?;
+    let (db, client) = connect_for_pass(&args.db, &args.provider, &settings).await?;
     let total: i64 = sends::count_range(&db, &range)
         .await
         .map_err(DbError::from)?

@@ -231,21 +231,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         dry_run(&db, &settings, clock::system()).await?;
         return Ok(Exit::Done);
     }
-    let provider = args.provider.settings()?;
-    let db = args
-        .db
-        .with_at_least(settings.writers + 2)
-        .connect_checked()
-        .await?;
-    let client = ProviderClient::new(&provider, clock::system())?;
-    let summary = pass_with_progress(
-        &db,
-        &client,
-        clock::system(),
-        &settings,
-        interrupt_on_signal(),
-    )
-    .await?;
+    let (db, client) = connect_for_pass(&args.db, &args.provider, &settings).await?;
+    let summary = pass_with_progress(&db, &client, &settings).await?;
     report_summary(&summary);
     if let Some(path) = &args.summary_json {
         write_json(path, &summary)?;
@@ -295,14 +282,31 @@ pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyh
     Ok(())
 }
 
-/// Runs one pass with a progress bar sized by what is due now.
+/// Connects to the database, with a pool large enough for the pass's writers, and
+/// builds the provider client.
+pub async fn connect_for_pass(
+    db: &DbArgs,
+    provider: &ProviderArgs,
+    settings: &PassSettings,
+) -> anyhow::Result<(Db, ProviderClient)> {
+    let provider = provider.settings()?;
+    let db = db
+        .with_at_least(settings.writers + 2)
+        .connect_checked()
+        .await?;
+    let client = ProviderClient::new(&provider, clock::system())?;
+    Ok((db, client))
+}
+
+/// Runs one pass on the system clock, stopped by SIGINT/SIGTERM, with a progress bar
+/// sized by what is due now.
 pub async fn pass_with_progress(
     db: &Db,
     client: &ProviderClient,
-    clock: SharedClock,
     settings: &PassSettings,
-    interrupt: CancellationToken,
 ) -> Result<Summary, DbError> {
+    let clock = clock::system();
+    let interrupt = interrupt_on_signal();
     let due: i64 = sends::due(db, clock.now(), settings.shard)
         .await?
         .iter()

@@ -138,19 +138,16 @@ impl Stage for Records<'_> {
                 .filter_map(|c| c.fetched.as_deref().map(|f| (c.send.id, f)))
                 .collect();
             let mut tx = r.db.pool().begin().await?;
-            let held = match self.replay {
-                None => sends::complete(&mut tx, now, &completions).await?,
-                Some(_) => {
-                    let held = sends::complete_replay(&mut tx, now, &completions).await?;
-                    let raw: Vec<(i64, &str)> = fetched
-                        .iter()
-                        .map(|(id, f)| (*id, f.raw.as_str()))
-                        .collect();
-                    revisions::capture(&mut tx, r.pass_id, now, &raw, &held).await?;
-                    r.db.counted(1);
-                    held
-                }
-            };
+            let replay = self.replay.is_some();
+            let held = sends::complete(&mut tx, now, &completions, replay).await?;
+            if replay {
+                let raw: Vec<(i64, &str)> = fetched
+                    .iter()
+                    .map(|(id, f)| (*id, f.raw.as_str()))
+                    .collect();
+                revisions::capture(&mut tx, r.pass_id, now, &raw, &held).await?;
+                r.db.counted(1);
+            }
             let stored = store::store(&mut tx, now, &fetched, &held).await?;
             tx.commit().await?;
             // BEGIN, the sends update, the two stores when there were records, COMMIT.
