@@ -29,6 +29,22 @@ impl Clock for SkewedClock {
     }
 }
 
+/// `t + d`, saturating at the end of time instead of panicking on an absurd duration.
+pub fn after(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t - d`, saturating at the start of time.
+pub fn before(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// The shared handle most code holds.
 pub type SharedClock = Arc<dyn Clock>;
 

@@ -3,7 +3,7 @@
 //! is never claimed again.
 
 use crate::db::{Db, in_shard};
-use crate::lease::{self, Lease};
+use crate::lease::Lease;
 use crate::ledger::Posted;
 use crate::sends::Shard;
 use chrono::{DateTime, Utc};
@@ -195,14 +195,27 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
     .await
 }
 
-/// Gives back conversions claimed but not posted: due again at once.
-pub async fn release(
-    db: &Db,
-    now: DateTime<Utc>,
-    held: &[(i64, Uuid)],
-) -> Result<u64, sqlx::Error> {
-    let sql = lease::release_sql!("conversions", "next_attempt_at");
-    lease::release_by_id(db, sql, now, held).await
+/// Gives back conversions claimed but not acknowledged: due again at once, marked in
+/// doubt when an attempt's outcome is unknown (`Claimed::in_doubt`).
+pub async fn release(db: &Db, now: DateTime<Utc>, held: &[Claimed]) -> Result<u64, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    db.counted(1);
+    Ok(sqlx::query(
+        "UPDATE conversions c
+         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+             next_attempt_at = $1, updated_at = $1, in_doubt = c.in_doubt OR u.in_doubt
+         FROM unnest($2::bigint[], $3::uuid[], $4::bool[]) AS u(id, lease, in_doubt)
+         WHERE c.id = u.id AND c.lease_token = u.lease",
+    )
+    .bind(now)
+    .bind(held.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(held.iter().map(|c| c.lease).collect::<Vec<_>>())
+    .bind(held.iter().map(|c| c.in_doubt).collect::<Vec<_>>())
+    .execute(db.pool())
+    .await?
+    .rows_affected())
 }
 
 /// Pending conversions due now, per kind and app.
@@ -213,14 +226,22 @@ pub struct Due {
     pub count: i64,
 }
 
-pub async fn due(db: &Db, now: DateTime<Utc>) -> Result<Vec<Due>, sqlx::Error> {
+pub async fn due(
+    db: &Db,
+    now: DateTime<Utc>,
+    shard: Option<Shard>,
+) -> Result<Vec<Due>, sqlx::Error> {
     db.counted(1);
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "SELECT kind, app_id, count(*) AS count FROM conversions
-         WHERE state = 'pending' AND next_attempt_at <= $1
+         WHERE state = 'pending' AND next_attempt_at <= $1 AND ",
+        in_shard!("message_id", "$2", "$3"),
+        "
          GROUP BY kind, app_id ORDER BY kind, app_id",
-    )
+    ))
     .bind(now)
+    .bind(shard.map(|s| s.index as i32))
+    .bind(shard.map_or(1, |s| i64::from(s.of)))
     .fetch_all(db.pool())
     .await?;
     rows.iter()

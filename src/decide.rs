@@ -1,6 +1,7 @@
 //! What becomes of a send after a check (SPEC "One pass", step 4). Pure: the answer,
 //! the send's age and its check count in, the next state out.
 
+use crate::clock::after;
 use crate::provider::Failure;
 use crate::record::{Matched, Record};
 use crate::sends::SendState;
@@ -73,15 +74,13 @@ pub enum Checked<'a> {
 }
 
 impl Schedule {
-    fn delay(&self, attempts: i32) -> chrono::Duration {
+    fn delay(&self, attempts: i32) -> Duration {
         let index = usize::try_from(attempts.max(0)).unwrap_or(0);
-        let delay = self
-            .rechecks
+        self.rechecks
             .get(index)
             .or(self.rechecks.last())
             .copied()
-            .unwrap_or(Duration::from_secs(120));
-        to_chrono(delay)
+            .unwrap_or(Duration::from_secs(120))
     }
 
     /// Decides the next state. `None` for a fatal failure: such a send is released,
@@ -93,7 +92,7 @@ impl Schedule {
         checked: Checked,
         now: DateTime<Utc>,
     ) -> Option<Decision> {
-        let expires_at = sent_at + to_chrono(self.max_age);
+        let expires_at = after(sent_at, self.max_age);
         let recheck = |why: Recheck, at: DateTime<Utc>, error: Option<String>| {
             if now >= expires_at {
                 let why = error.unwrap_or_else(|| "still sending at the maximum age".into());
@@ -119,13 +118,13 @@ impl Schedule {
         };
         Some(match checked {
             Checked::Record(record) if record.verification.matched == Some(Matched::NoSuchId) => {
-                let grace_ends = sent_at + to_chrono(self.not_found_grace);
+                let grace_ends = after(sent_at, self.not_found_grace);
                 if now >= grace_ends {
                     rejected(
                         "the provider has no such id (matched 3) after the grace period".into(),
                     )
                 } else {
-                    let at = (now + self.delay(attempts)).min(grace_ends);
+                    let at = after(now, self.delay(attempts)).min(grace_ends);
                     recheck(
                         Recheck::NotYetVisible,
                         at,
@@ -133,9 +132,11 @@ impl Schedule {
                     )
                 }
             }
-            Checked::Record(record) if record.still_sending() => {
-                recheck(Recheck::StillSending, now + self.delay(attempts), None)
-            }
+            Checked::Record(record) if record.still_sending() => recheck(
+                Recheck::StillSending,
+                after(now, self.delay(attempts)),
+                None,
+            ),
             Checked::Record(_) => Decision {
                 state: SendState::Settled,
                 next_check_at: now,
@@ -147,21 +148,17 @@ impl Schedule {
             }
             Checked::Failed(Failure::Unreadable { problem }) => recheck(
                 Recheck::Unreadable,
-                now + self.delay(attempts),
+                after(now, self.delay(attempts)),
                 Some(format!("unreadable answer: {problem}")),
             ),
             Checked::Failed(failure @ Failure::Retry { .. }) => recheck(
                 Recheck::Transient,
-                now + to_chrono(self.transient_delay),
+                after(now, self.transient_delay),
                 Some(failure.to_string()),
             ),
             Checked::Failed(Failure::Fatal { .. }) => return None,
         })
     }
-}
-
-fn to_chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 #[cfg(test)]

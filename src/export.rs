@@ -237,8 +237,13 @@ pub async fn write_file(db: &Db, query: &Query, path: &Path) -> Result<Manifest,
         let json =
             serde_json::to_vec_pretty(&manifest).map_err(|e| ExportError::Write(e.into()))?;
         std::fs::write(&manifest_tmp, json).map_err(ExportError::Write)?;
-        std::fs::rename(&tmp, path).map_err(ExportError::Write)?;
+        // The manifest first: a CSV is never there without its manifest. If the CSV's
+        // rename fails, the manifest goes too.
         std::fs::rename(&manifest_tmp, &manifest_path).map_err(ExportError::Write)?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&manifest_path);
+            return Err(ExportError::Write(e));
+        }
         Ok(manifest)
     }
     .await;

@@ -19,7 +19,7 @@ impl Lease {
         db.counted(1);
         Self {
             token: Uuid::new_v4(),
-            expires: now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX),
+            expires: crate::clock::after(now, lease_for),
         }
     }
 }

@@ -46,15 +46,22 @@ impl Posted {
     }
 }
 
-/// True when a failed request may still have reached the provider (it timed out, lost
-/// its connection after being sent, or its answer could not be read): a later
-/// acknowledgement of the same item may be a duplicate.
+/// True when a failed request may still have been applied by the provider: it timed
+/// out or lost its connection after being sent, its answer was cut short or could not
+/// be read, or the provider failed while handling it (HTTP 5xx, -18). A later
+/// acknowledgement of the same item may then be a duplicate. Refusals before any work
+/// (429, a connection never made, -16) are not.
 pub fn outcome_unknown(answer: &Result<(), Failure>) -> bool {
-    matches!(
-        answer,
-        Err(Failure::Retry {
-            cause: Transient::Timeout | Transient::Connection(_),
-            ..
-        } | Failure::Unreadable { .. })
-    )
+    match answer {
+        Err(Failure::Retry { cause, .. }) => matches!(
+            cause,
+            Transient::Timeout
+                | Transient::Connection(_)
+                | Transient::Malformed(_)
+                | Transient::ProviderBusy(_)
+                | Transient::Http(500..=599)
+        ),
+        Err(Failure::Unreadable { .. }) => true,
+        _ => false,
+    }
 }

@@ -78,11 +78,10 @@ impl Rules {
     /// start is not before the end.
     pub fn range(&self, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
         let length = self.window.length();
-        let chrono = |d: Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
-        let earliest = now - chrono(self.lookback);
+        let earliest = crate::clock::before(now, self.lookback);
         let from = earliest.duration_trunc(length).unwrap_or(earliest);
         let from = if from < earliest { from + length } else { from };
-        let latest_end = now - chrono(self.settle_delay);
+        let latest_end = crate::clock::before(now, self.settle_delay);
         let until = latest_end.duration_trunc(length).unwrap_or(latest_end);
         (from, until)
     }
@@ -258,10 +257,15 @@ pub struct Done {
     pub in_doubt: bool,
 }
 
-/// Records postings of windows still held under their lease; answers how many.
-pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<u64, sqlx::Error> {
+/// Records postings of windows still held under their lease; answers which were
+/// written, as (app_id, mcc, window_start).
+pub async fn complete(
+    db: &Db,
+    now: DateTime<Utc>,
+    done: &[Done],
+) -> Result<Vec<(String, i64, DateTime<Utc>)>, sqlx::Error> {
     if done.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let mut state = Vec::with_capacity(done.len());
     let mut next = Vec::with_capacity(done.len());
@@ -278,7 +282,7 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<u64,
     }
     let w = |f: fn(&Claimed) -> String| done.iter().map(|d| f(&d.window)).collect::<Vec<_>>();
     db.counted(1);
-    Ok(sqlx::query(
+    sqlx::query_as(
         "UPDATE conversion_rates r
          SET state = u.state, attempts = r.attempts + 1, next_attempt_at = u.next_attempt_at,
              last_error = u.last_error, in_doubt = u.in_doubt,
@@ -294,7 +298,8 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<u64,
                    converted, sent, rate, posted_at, last_error, in_doubt)
          WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
              = (u.app_id, u.mcc, u.window_start, u.window_length)
-           AND r.lease_token = u.lease",
+           AND r.lease_token = u.lease
+         RETURNING r.app_id, r.mcc, r.window_start",
     )
     .bind(w(|c| c.app_id.clone()))
     .bind(done.iter().map(|d| d.window.mcc).collect::<Vec<_>>())
@@ -309,9 +314,8 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<u64,
     .bind(posted_at)
     .bind(error)
     .bind(done.iter().map(|d| d.in_doubt).collect::<Vec<_>>())
-    .execute(db.pool())
-    .await?
-    .rows_affected())
+    .fetch_all(db.pool())
+    .await
 }
 
 /// Gives back windows claimed but not posted.

@@ -13,8 +13,8 @@ use sqlx::{PgConnection, Row};
 use std::collections::BTreeMap;
 
 /// Keeps the current record and attempts of every send in `fetched` (held by the
-/// caller's transaction) whose raw answer differs from the new one. Call before the
-/// new records are stored. Answers how many were kept.
+/// caller's transaction) whose raw answer differs from the new one, or that had no
+/// record yet. Call before the new records are stored. Answers how many were kept.
 pub async fn capture(
     conn: &mut PgConnection,
     pass_id: i64,
@@ -27,12 +27,13 @@ pub async fn capture(
     }
     Ok(sqlx::query(
         "INSERT INTO record_revisions (pass_id, send_id, revised_at, old_matched, old_raw, old_attempts)
-         SELECT $1, r.send_id, $2, r.matched, r.raw,
+         SELECT $1, u.send_id, $2, r.matched, r.raw,
                 coalesce((SELECT jsonb_agg(to_jsonb(a) ORDER BY a.channel, a.position)
-                          FROM attempts a WHERE a.send_id = r.send_id), '[]'::jsonb)
-         FROM records r
-         JOIN unnest($3::bigint[], $4::text[]) AS u(send_id, raw) ON r.send_id = u.send_id
-         WHERE r.send_id = ANY($5::bigint[]) AND r.raw IS DISTINCT FROM u.raw::jsonb
+                          FROM attempts a WHERE a.send_id = u.send_id), '[]'::jsonb)
+         FROM unnest($3::bigint[], $4::text[]) AS u(send_id, raw)
+         LEFT JOIN records r ON r.send_id = u.send_id
+         WHERE u.send_id = ANY($5::bigint[])
+           AND (r.send_id IS NULL OR r.raw IS DISTINCT FROM u.raw::jsonb)
          ON CONFLICT (pass_id, send_id) DO NOTHING",
     )
     .bind(pass_id)
@@ -81,6 +82,11 @@ pub struct Report {
     pub amount_difference: Decimal,
     /// After minus before of `settle_amount`, per settlement currency ("" when none).
     pub settle_difference: BTreeMap<String, Decimal>,
+    /// Sends in the range that could not be re-fetched (transient failures or unreadable
+    /// answers): they keep what they had.
+    pub not_refetched: u64,
+    /// Sends in the range another pass held while the replay ran: not replayed.
+    pub held_elsewhere: u64,
 }
 
 /// The change report of replay `pass_id`.
@@ -226,6 +232,20 @@ impl Report {
             "difference in amount (quotation currency): {}",
             self.amount_difference
         );
+        if self.not_refetched > 0 {
+            let _ = writeln!(
+                out,
+                "{} sends could not be re-fetched (transient failures or unreadable answers) and keep what they had: replay again",
+                self.not_refetched
+            );
+        }
+        if self.held_elsewhere > 0 {
+            let _ = writeln!(
+                out,
+                "{} sends were held by another pass and were not replayed: replay again",
+                self.held_elsewhere
+            );
+        }
         for (currency, d) in &self.settle_difference {
             let currency = if currency.is_empty() {
                 "(no currency)"

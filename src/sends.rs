@@ -324,6 +324,21 @@ pub async fn release(
     lease::release_by_id(db, sql, now, held).await
 }
 
+/// Clears leases that expired on sends no claim comes back for (settled, rejected or
+/// expired: a replay died holding them). Answers how many.
+pub async fn clear_dead_leases(db: &Db, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    db.counted(1);
+    Ok(sqlx::query(
+        "UPDATE sends SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+         WHERE lease_token IS NOT NULL AND lease_expires_at <= $1
+           AND state IN ('settled', 'rejected', 'expired')",
+    )
+    .bind(now)
+    .execute(db.pool())
+    .await?
+    .rows_affected())
+}
+
 /// Due sends per state and app: what a pass would claim now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Due {

@@ -56,11 +56,14 @@ pub async fn read(db: &Db, now: DateTime<Utc>, passes: i64) -> Result<Status, sq
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let leases = sqlx::query(
-        "SELECT min(next_check_at) FILTER (WHERE lease_token IS NULL OR lease_expires_at <= $1) AS oldest_due,
+        "SELECT min(next_check_at) FILTER (WHERE state IN ('pending', 'recheck')
+                                                  AND next_check_at <= $1
+                                                  AND (lease_token IS NULL OR lease_expires_at <= $1))
+                    AS oldest_due,
                 count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at <= $1) AS expired,
                 count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at > $1) AS leased
-         FROM sends WHERE state IN ('pending', 'recheck') AND next_check_at <= $1
-            OR lease_token IS NOT NULL",
+         FROM sends
+         WHERE (state IN ('pending', 'recheck') AND next_check_at <= $1) OR lease_token IS NOT NULL",
     )
     .bind(now)
     .fetch_one(db.pool())

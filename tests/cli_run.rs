@@ -343,10 +343,19 @@ async fn configuration_errors_exit_2_and_never_show_the_secret(pool: PgPool) {
         stderr(&out)
     );
 
-    let help = output(Command::new(env!("CARGO_BIN_EXE_otp-reconcile")).args(["run", "--help"]));
+    let help = output(
+        Command::new(env!("CARGO_BIN_EXE_otp-reconcile"))
+            .env("DATABASE_URL", "postgres://otp:db-password-42@db/otp")
+            .env("PROVIDER_API_KEY", "key-value-43")
+            .args(["run", "--help"]),
+    );
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(
         text.contains("--api-secret-file") && !text.contains("--api-secret "),
+        "{text}"
+    );
+    assert!(
+        !text.contains("db-password-42") && !text.contains("key-value-43"),
         "{text}"
     );
 }

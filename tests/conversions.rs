@@ -313,6 +313,88 @@ async fn a_pass_killed_mid_postback_duplicates_only_what_was_in_flight(pool: PgP
     assert!(in_doubt.len() <= 64, "{} in doubt", in_doubt.len());
 }
 
+#[sqlx::test]
+async fn postbacks_abandoned_when_the_grace_runs_out_are_released_in_doubt(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    let rows: Vec<NewConversion> = new_conversions(10, "grace").into_iter().take(10).collect();
+    insert_conversions(&db, &rows).await;
+    // Every postback takes ten seconds: the pass is stopped while they are in flight.
+    let sim = simulator(
+        RecordConfig::default(),
+        Faults {
+            latency_ms: 10_000,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let client = client(&sim, Duration::from_secs(30));
+    let mut settings = postbacks_only(16);
+    settings.grace = Duration::from_millis(200);
+    let interrupt = tokio_util::sync::CancellationToken::new();
+    let stopper = {
+        let interrupt = interrupt.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            interrupt.cancel();
+        })
+    };
+    let deps = otp_reconcile::pass::Deps {
+        db: &db,
+        client: &client,
+        clock: otp_reconcile::clock::system(),
+        interrupt,
+        progress: otp_reconcile::progress::Progress::hidden(),
+    };
+    let summary = otp_reconcile::pass::run(deps, &settings).await.unwrap();
+    stopper.await.unwrap();
+    assert_eq!(summary.ended, Ended::Interrupted);
+    assert_eq!(summary.conversions.released, 10);
+    let (pending, in_doubt, leased): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE in_doubt),
+                count(*) FILTER (WHERE lease_token IS NOT NULL)
+         FROM conversions",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((pending, in_doubt, leased), (10, 10, 0));
+
+    // The next pass posts them, and counts each as possibly duplicated.
+    sim.set_faults(Faults::default());
+    let next = run_pass(&db, &client, &postbacks_only(16)).await;
+    assert_eq!(
+        (next.conversions.sent, next.conversions.possibly_duplicated),
+        (10, 10)
+    );
+}
+
+#[sqlx::test]
+async fn a_backlog_of_sends_does_not_starve_the_postbacks(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    // Far more sends than the pass can check before --max-runtime.
+    insert_sends(&db, &new_sends(3_000, "backlog")).await;
+    let rows: Vec<NewConversion> = new_conversions(20, "starved")
+        .into_iter()
+        .take(20)
+        .collect();
+    insert_conversions(&db, &rows).await;
+    let sim = simulator(
+        RecordConfig::default(),
+        Faults {
+            latency_ms: 50,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let client = client(&sim, Duration::from_secs(2));
+    let mut settings = postbacks_only(4);
+    settings.max_runtime = Some(Duration::from_secs(2));
+    let summary = run_pass(&db, &client, &settings).await;
+    assert_eq!(summary.ended, Ended::MaxRuntime);
+    assert!(summary.checked < 3_000, "{}", summary.checked);
+    assert_eq!(summary.conversions.sent, 20, "{:?}", summary.conversions);
+}
+
 /// Sends spread over the last 30 days, for two apps.
 fn month_of_sends(n: usize) -> Vec<NewSend> {
     let now = Utc::now();

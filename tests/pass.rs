@@ -265,6 +265,42 @@ async fn bad_answers_are_kept_for_a_recheck_with_the_problem_and_the_rest_goes_o
 }
 
 #[sqlx::test]
+async fn an_answer_the_database_cannot_store_is_kept_for_a_recheck_and_the_pass_goes_on(
+    pool: PgPool,
+) {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(4, "nul")).await;
+    // A provider whose every record has a NUL in a text field and a number PostgreSQL's
+    // numeric cannot hold.
+    let provider = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            r#"{"status":"0","reason":"ok\u0000","data":{"verifications":{"matched":0},"sms":{"pay":"0.1","status":0,"sender":"a\u0000b"},"x":1e1000000}}"#,
+        ))
+        .mount(&provider)
+        .await;
+    let client = ProviderClient::new(
+        &ProviderSettings::new(&provider.uri(), "k", SecretString::from("s"), false).unwrap(),
+        clock::system(),
+    )
+    .unwrap();
+    let mut settings = quick_settings(4);
+    settings.rates = None;
+    let summary = run_pass(&db, &client, &settings).await;
+    assert_eq!(summary.ended, Ended::Done, "{:?}", summary.error);
+    assert_eq!(summary.recheck_reasons.unreadable, 4);
+    for send in stored_sends(&pool).await {
+        assert_eq!(send.state, "recheck");
+        assert!(
+            send.last_error.unwrap().contains("NUL"),
+            "the problem is kept"
+        );
+    }
+}
+
+#[sqlx::test]
 async fn refused_credentials_stop_the_pass_after_at_most_concurrency_requests(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(2_000, "auth")).await;

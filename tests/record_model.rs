@@ -243,6 +243,9 @@ fn unreadable_fields_are_named() {
         ),
         ("quirks/wrong-types.json", "`data.sms`"),
         ("quirks/currency-conflict.json", "`data.sms.settleCurrency`"),
+        ("quirks/nul-in-a-string.json", "`data.sms.sender`"),
+        ("quirks/no-outcome-no-attempt.json", "`data.verifications`"),
+        ("quirks/number-too-large.json", "`data.debug.weight`"),
     ] {
         let problem = unreadable(path);
         assert!(problem.contains(field), "{path}: {problem}");

@@ -13,7 +13,7 @@ use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Record;
 use otp_reconcile::sends::{self, NewSend, Range};
 use otp_reconcile::simulator::{
-    CostChange, DEMO_API_KEY, DEMO_API_SECRET, RecordConfig, SimConfig, SimHandle, Simulator,
+    CostChange, DEMO_API_KEY, DEMO_API_SECRET, Fault, RecordConfig, SimConfig, SimHandle, Simulator,
 };
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
@@ -507,12 +507,18 @@ async fn replay_reports_exactly_the_changed_costs_and_a_second_replay_nothing(po
     // The stored money is the provider's new money.
     assert_matches_simulator(&pool, &sim).await;
 
-    // Idempotent: a second replay reports nothing and leaves every row as it was.
+    // Idempotent: a second replay reports nothing and leaves every row as it was, even
+    // for the sends it cannot re-fetch this time.
+    for id in ["x-v0", "x-v1", "x-v2"] {
+        sim.script(Some(id), [Fault::Http(503); 6]);
+    }
     let before = snapshot(&pool).await;
     let (again, report) = replay(&db, &client, &range).await;
     assert_eq!(again.checked, 2_000);
     assert!(report.changed.is_empty(), "{:?}", report.changed);
     assert_eq!(report.amount_difference, Decimal::ZERO);
+    assert_eq!(report.not_refetched, 3);
+    assert_eq!(report.held_elsewhere, 0);
     assert_eq!(snapshot(&pool).await, before);
 }
 
@@ -583,7 +589,7 @@ async fn replay_dry_run_and_report_file_from_the_binary(pool: PgPool) {
 #[sqlx::test]
 async fn status_shows_depth_leases_conversions_and_passes(pool: PgPool) {
     let end = Utc::now();
-    let (db, _sim) = dataset(&pool, 100, end).await;
+    let (db, sim) = dataset(&pool, 100, end).await;
     insert_sends(&db, &new_sends(7, "waiting")).await;
     // A pass that died holding five sends: its lease has run out.
     let dead = sends::claim(
@@ -626,6 +632,34 @@ async fn status_shows_depth_leases_conversions_and_passes(pool: PgPool) {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("5 expired"), "{text}");
     assert!(text.contains("oldest due send"), "{text}");
+
+    // A replay that died holding settled sends: the next pass clears those leases.
+    let settled: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM sends WHERE state = 'settled' LIMIT 3")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "UPDATE sends SET lease_token = gen_random_uuid(), lease_owner = 'dead-replay',
+                          lease_expires_at = now() - interval '1 hour'
+         WHERE id = ANY($1)",
+    )
+    .bind(&settled)
+    .execute(&pool)
+    .await
+    .unwrap();
+    run_pass(
+        &db,
+        &client(&sim, Duration::from_secs(2)),
+        &quick_settings(4),
+    )
+    .await;
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sends WHERE lease_owner = 'dead-replay'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
 }
 
 #[test]
@@ -645,4 +679,22 @@ fn bad_ranges_are_usage_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_otp-reconcile"))
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
+        .args([
+            "replay",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-02",
+            "--shard",
+            "0/2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replay does not shard"));
 }

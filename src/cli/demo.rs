@@ -27,6 +27,7 @@ pub struct DemoArgs {
     #[arg(
         long,
         env = "DEMO_DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/otp_reconcile_demo"
     )]
     pub database_url: String,

@@ -60,15 +60,24 @@ pub enum Command {
     },
 }
 
-/// Where the database is.
-#[derive(Debug, Clone, Args)]
+/// Where the database is. Its `Debug` leaves the URL out: it may carry a password.
+#[derive(Clone, Args)]
 pub struct DbArgs {
     /// PostgreSQL URL, e.g. postgres://user@host:5432/dbname.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// Connections in the pool.
     #[arg(long, env = "DB_CONNECTIONS", default_value_t = 4)]
     pub db_connections: u32,
+}
+
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("database_url", &"[redacted]")
+            .field("db_connections", &self.db_connections)
+            .finish()
+    }
 }
 
 impl DbArgs {
@@ -108,7 +117,7 @@ pub struct ProviderArgs {
     pub base_url: String,
 
     /// The API key (`Api-Key` header).
-    #[arg(long, env = "PROVIDER_API_KEY")]
+    #[arg(long, env = "PROVIDER_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
     /// A file holding the API secret (a mounted Secret). Or set PROVIDER_API_SECRET.

@@ -124,6 +124,12 @@ pub struct ReplayArgs {
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<Exit> {
     let range = args.range.range()?;
     let settings = args.pass.settings()?;
+    if settings.shard.is_some() {
+        return Err(ConfigError::Invalid(
+            "replay does not shard: split the work by --from/--to or --app-id instead".into(),
+        )
+        .into());
+    }
     if args.dry_run {
         let db = args.db.connect_checked().await?;
         let by_state = sends::count_range(&db, &range)

@@ -67,7 +67,7 @@ pub struct PassArgs {
     #[arg(long, env = "SHARDS")]
     pub shards: Option<u32>,
     /// Push the pass's counters and duration to this Prometheus Pushgateway.
-    #[arg(long, env = "PUSHGATEWAY_URL")]
+    #[arg(long, env = "PUSHGATEWAY_URL", hide_env_values = true)]
     pub pushgateway: Option<url::Url>,
     /// A send still not final this long after it was sent is expired.
     #[arg(long, env = "PASS_MAX_AGE", default_value = "72h", value_parser = humantime::parse_duration)]
@@ -343,7 +343,7 @@ async fn dry_run(db: &Db, settings: &PassSettings, clock: SharedClock) -> Result
     println!("{total} sends due: {total} record fetches, plus retries on transient failures");
     let mut calls = total;
     if settings.postbacks {
-        let due = conversions::due(db, clock.now()).await?;
+        let due = conversions::due(db, clock.now(), settings.shard).await?;
         let n: i64 = due.iter().map(|d| d.count).sum();
         for d in &due {
             println!("conversions {:<4} {:<34} {:>10}", d.kind, d.app_id, d.count);
@@ -367,15 +367,18 @@ pub fn time_at_rate(calls: i64, settings: &PassSettings) -> String {
     match settings.rate {
         Some(rate) => format!(
             "at --rate {rate}/s that takes at least {}",
-            humantime::format_duration(Duration::from_secs_f64((total / rate).ceil()))
+            humantime::format_duration(
+                Duration::try_from_secs_f64((total / rate).ceil()).unwrap_or(Duration::MAX)
+            )
         ),
         None => format!(
             "no --rate: the time is set by the provider's latency at --concurrency {} \
              (about {} at 100 ms per request)",
             settings.concurrency,
-            humantime::format_duration(Duration::from_secs_f64(
-                (total * 0.1 / settings.concurrency as f64).ceil()
-            ))
+            humantime::format_duration(
+                Duration::try_from_secs_f64((total * 0.1 / settings.concurrency as f64).ceil())
+                    .unwrap_or(Duration::MAX)
+            )
         ),
     }
 }

@@ -24,7 +24,7 @@ pub struct SimulateArgs {
     pub seed: u64,
 
     /// The key it accepts (default: the demo key).
-    #[arg(long, env = "PROVIDER_API_KEY", default_value = DEMO_API_KEY)]
+    #[arg(long, env = "PROVIDER_API_KEY", default_value = DEMO_API_KEY, hide_env_values = true)]
     pub api_key: String,
 
     /// A file with the secret it accepts. Or PROVIDER_API_SECRET; default: the demo secret.

@@ -22,7 +22,7 @@ use crate::progress::Progress;
 use crate::provider::{Failure, Gate, ProviderClient, RetryPolicy};
 use crate::rates::Rules;
 use crate::revisions::{self, Report};
-use crate::sends::{Range, Shard};
+use crate::sends::{self, Range, Shard};
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Mutex;
@@ -147,8 +147,17 @@ pub async fn replay(
     range: &Range,
 ) -> Result<(Summary, Report), DbError> {
     let db = deps.db;
+    let in_range: i64 = sends::count_range(db, range)
+        .await?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
     let summary = lifecycle(deps, settings, &Task::Replay(range.clone())).await?;
-    let report = revisions::report(db, summary.pass_id).await?;
+    let mut report = revisions::report(db, summary.pass_id).await?;
+    report.not_refetched = summary.recheck_reasons.transient + summary.recheck_reasons.unreadable;
+    report.held_elsewhere = u64::try_from(in_range)
+        .unwrap_or(0)
+        .saturating_sub(summary.claimed);
     Ok((summary, report))
 }
 
@@ -167,6 +176,13 @@ async fn lifecycle(
     let started = Instant::now();
     let parameters = serde_json::json!({ "settings": settings, "task": task });
     let pass_id = passes::start(db, task.kind(), &settings.owner, clock.now(), &parameters).await?;
+    let cleared = sends::clear_dead_leases(db, clock.now()).await?;
+    if cleared > 0 {
+        tracing::info!(
+            cleared,
+            "cleared expired leases a dead pass left on finished sends"
+        );
+    }
     let span = tracing::info_span!("pass", pass_id, kind = task.kind(), owner = %settings.owner);
     async move {
         tracing::info!(concurrency = settings.concurrency, rate = ?settings.rate, "pass started");
@@ -179,6 +195,8 @@ async fn lifecycle(
         let statements_before = db.statements();
         let run = Run {
             pass_id,
+            started,
+            cut_short: std::sync::atomic::AtomicBool::new(false),
             task,
             db,
             client,
@@ -217,7 +235,7 @@ async fn lifecycle(
             result = run.stages() => result,
             () = timers => unreachable!("the timers never end"),
         };
-        let hit_deadline = hit_deadline.into_inner();
+        let hit_deadline = hit_deadline.into_inner() || run.cut_short.into_inner();
         progress.finish();
 
         let fatal = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -260,6 +278,10 @@ async fn lifecycle(
 /// Everything the stages of one pass share.
 pub(crate) struct Run<'a> {
     pub pass_id: i64,
+    /// When the pass started, for the stages' shares of --max-runtime.
+    pub started: Instant,
+    /// A stage stopped claiming at its share of --max-runtime.
+    pub cut_short: std::sync::atomic::AtomicBool,
     pub task: &'a Task,
     pub db: &'a Db,
     pub client: &'a ProviderClient,
@@ -278,8 +300,13 @@ impl Run<'_> {
     /// The stages in order: records, then postbacks, then rates.
     async fn stages(&self) -> Result<(), DbError> {
         let s = self.settings;
+        // With a rate, a claim holds no more than can be sent in a quarter of the lease
+        // (two batches wait in the queue): queued sends never outlive their lease.
+        let by_rate = s.rate.map_or(usize::MAX, |rate| {
+            ((rate * s.lease.as_secs_f64() / 4.0) as usize).max(1)
+        });
         let shape = pipeline::Shape {
-            claim_batch: s.batch_size,
+            claim_batch: s.batch_size.min(by_rate),
             write_batch: s.write_batch,
             writers: s.writers,
             concurrency: s.concurrency,
@@ -289,16 +316,24 @@ impl Run<'_> {
             let stage = records::Records::replaying(self, range.clone());
             return pipeline::run(&stage, shape, self.stop).await;
         }
-        pipeline::run(&records::Records::due(self), shape, self.stop).await?;
+        // Under --max-runtime, records stop claiming at 70% of it and postbacks at 90%:
+        // a backlog of sends never starves the postbacks and the rates.
+        let share = |fraction: f64| {
+            s.max_runtime
+                .map(|limit| self.started + limit.mul_f64(fraction))
+        };
+        self.stage(&records::Records::due(self), shape, share(0.7))
+            .await?;
         // Postbacks and rates are claimed in small batches: what a killed pass leaves
         // claimed is what may have been posted without being recorded.
         let small = pipeline::Shape {
-            claim_batch: s.concurrency.clamp(1, s.batch_size.max(1)),
+            claim_batch: s.concurrency.clamp(1, shape.claim_batch),
             write_batch: s.concurrency.clamp(1, s.write_batch.max(1)),
             ..shape
         };
         if s.postbacks && !self.stop.is_cancelled() {
-            pipeline::run(&postbacks::Postbacks { run: self }, small, self.stop).await?;
+            self.stage(&postbacks::Postbacks { run: self }, small, share(0.9))
+                .await?;
         }
         // Rates are computed over every send: one shard (the first) does it.
         if let Some(rules) = &s.rates
@@ -306,15 +341,44 @@ impl Run<'_> {
             && s.shard.is_none_or(|shard| shard.index == 0)
         {
             let stage = rate_posts::RatePosts::prepare(self, rules).await?;
-            pipeline::run(&stage, small, self.stop).await?;
+            self.stage(&stage, small, None).await?;
         }
         Ok(())
     }
 
+    /// Runs a stage until nothing is due or the pass stops; from `until` on, it claims
+    /// no more (what it claimed still goes through).
+    async fn stage<S: pipeline::Stage>(
+        &self,
+        stage: &S,
+        shape: pipeline::Shape,
+        until: Option<Instant>,
+    ) -> Result<(), DbError> {
+        let stop = self.stop.child_token();
+        let timer = async {
+            if let Some(until) = until {
+                tokio::time::sleep_until(until.into()).await;
+                if !stop.is_cancelled() {
+                    tracing::info!(
+                        stage = stage.name(),
+                        "its share of --max-runtime is over: no more claims"
+                    );
+                    self.cut_short
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    stop.cancel();
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            result = pipeline::run(stage, shape, &stop) => result,
+            () = timer => unreachable!("the timer never ends"),
+        }
+    }
+
     /// When an item whose retries ran out is tried again.
     pub fn retry_at(&self) -> chrono::DateTime<chrono::Utc> {
-        self.clock.now()
-            + chrono::Duration::from_std(self.settings.schedule.transient_delay).unwrap_or_default()
+        crate::clock::after(self.clock.now(), self.settings.schedule.transient_delay)
     }
 
     /// One call through the gate with the pass's retries. A fatal answer stops the

@@ -65,7 +65,14 @@ pub async fn run<S: Stage>(
     let claimer = claim_all(stage, claim_batch, work_tx, stop);
     let workers = async move {
         futures::stream::poll_fn(|cx| work_rx.poll_recv(cx))
-            .map(|item| stage.work(item))
+            // Once the stage is stopping, what waits in the queue is given back unstarted.
+            .map(|item| async {
+                if stop.is_cancelled() {
+                    Worked::Release(item)
+                } else {
+                    stage.work(item).await
+                }
+            })
             .buffer_unordered(shape.concurrency.max(1))
             .for_each(|worked| {
                 let done_tx = done_tx.clone();

@@ -61,8 +61,10 @@ impl Stage for Postbacks<'_> {
             // A request that timed out or lost its connection after it was sent may have
             // reached the provider: a later acknowledgement may be a duplicate.
             let doubt = Cell::new(c.in_doubt);
+            let in_flight = Cell::new(false);
             let outcome = r
                 .call(|| async {
+                    in_flight.set(true);
                     let answer = match c.kind {
                         Kind::Otp => {
                             let body =
@@ -75,6 +77,7 @@ impl Stage for Postbacks<'_> {
                             r.client.sms_postback(&body).await
                         }
                     };
+                    in_flight.set(false);
                     if outcome_unknown(&answer) {
                         doubt.set(true);
                     }
@@ -82,7 +85,10 @@ impl Stage for Postbacks<'_> {
                 })
                 .await;
             let Some(outcome) = outcome else {
-                return Worked::Release(c);
+                // Abandoned mid-request, or stopped after an attempt of unknown outcome:
+                // released in doubt.
+                let in_doubt = doubt.get() || in_flight.get();
+                return Worked::Release(Claimed { in_doubt, ..c });
             };
             let posted = Posted::from_outcome(outcome, r.retry_at());
             Worked::Done(Done {
@@ -120,7 +126,6 @@ impl Stage for Postbacks<'_> {
                 Posted::Later { .. } => Counters::add(&c.later, 1),
             }
         }
-        let released: Vec<_> = released.iter().map(|c| (c.id, c.lease)).collect();
         Counters::add(
             &c.released,
             conversions::release(r.db, now, &released).await?,

@@ -113,9 +113,16 @@ impl Stage for RatePosts<'_> {
     async fn write(&self, done: Vec<Done>, released: Vec<Claimed>) -> Result<(), DbError> {
         let r = self.run;
         let now = r.clock.now();
-        rates::complete(r.db, now, &done).await?;
+        let written: std::collections::HashSet<_> = rates::complete(r.db, now, &done)
+            .await?
+            .into_iter()
+            .collect();
         let c = &r.counters.rates;
         for d in &done {
+            let w = &d.window;
+            if !written.contains(&(w.app_id.clone(), w.mcc, w.window_start)) {
+                continue;
+            }
             match d.posted {
                 Posted::Sent => Counters::add(&c.sent, 1),
                 Posted::Rejected(_) => Counters::add(&c.rejected, 1),

@@ -5,7 +5,7 @@ use super::Run;
 use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::db::DbError;
-use crate::decide::{Checked, Decision};
+use crate::decide::{Checked, Decision, Recheck};
 use crate::provider::Failure;
 use crate::record::Fetched;
 use crate::revisions;
@@ -102,11 +102,27 @@ impl Stage for Records<'_> {
                 Ok(fetched) => Checked::Record(&fetched.record),
                 Err(failure) => Checked::Failed(failure),
             };
-            let decision = r
-                .settings
-                .schedule
-                .decide(send.sent_at, send.attempts, checked, r.clock.now())
-                .expect("fatal failures stop the pass before a decision");
+            let decision = match (&self.replay, &outcome) {
+                // A replay that could not re-fetch a send changes nothing: the send keeps
+                // what it had (completing with the same state leaves the row as it was).
+                (Some(_), Err(failure @ (Failure::Retry { .. } | Failure::Unreadable { .. }))) => {
+                    Decision {
+                        state: send.state,
+                        next_check_at: r.clock.now(),
+                        last_error: Some(failure.to_string()),
+                        recheck: Some(if failure.is_retryable() {
+                            Recheck::Transient
+                        } else {
+                            Recheck::Unreadable
+                        }),
+                    }
+                }
+                _ => r
+                    .settings
+                    .schedule
+                    .decide(send.sent_at, send.attempts, checked, r.clock.now())
+                    .expect("fatal failures stop the pass before a decision"),
+            };
             Worked::Done(CheckedSend {
                 send,
                 fetched: outcome.ok().map(Box::new),

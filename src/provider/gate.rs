@@ -23,7 +23,9 @@ impl Gate {
     /// `None` for no limit.
     pub fn new(rate: Option<f64>, burst: u32, stop: CancellationToken) -> Self {
         let limiter = rate.filter(|r| *r > 0.0).map(|rate| {
-            let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+            let period = Duration::try_from_secs_f64(1.0 / rate)
+                .unwrap_or(Duration::MAX)
+                .max(Duration::from_nanos(1));
             let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
             let quota = Quota::with_period(period)
                 .expect("a positive period")
@@ -72,7 +74,9 @@ impl Gate {
 
     /// Holds every request for `delay` (the provider's `Retry-After`).
     pub fn pause_for(&self, delay: Duration) {
-        let until = Instant::now() + delay;
+        let Some(until) = Instant::now().checked_add(delay) else {
+            return;
+        };
         let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
@@ -81,7 +85,14 @@ impl Gate {
 
     /// Sleeps `delay`; false if the pass started stopping meanwhile.
     pub async fn sleep(&self, delay: Duration) -> bool {
-        self.sleep_until(Instant::now() + delay).await
+        match Instant::now().checked_add(delay) {
+            Some(until) => self.sleep_until(until).await,
+            // Longer than the clock can count: wait for the stop.
+            None => {
+                self.stop.cancelled().await;
+                false
+            }
+        }
     }
 
     async fn sleep_until(&self, until: Instant) -> bool {

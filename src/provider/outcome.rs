@@ -217,11 +217,13 @@ fn envelope(body: &[u8]) -> Result<Envelope, Failure> {
         Some(Value::Number(n)) if is_code(&n.to_string()) => n.to_string(),
         _ => return Err(malformed("no integer `status`".into())),
     };
+    // The reason is kept in the database: a NUL would fail the write.
     let reason = match wire.reason {
         Some(Value::String(s)) => s,
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
-    };
+    }
+    .replace('\0', "\u{fffd}");
     Ok(Envelope {
         status,
         reason,

@@ -100,11 +100,14 @@ impl RetryPolicy {
                     after,
                 } => {
                     rate_limited += 1;
-                    if rate_limited > self.max_rate_limited {
+                    let pause = after.unwrap_or(self.min_delay);
+                    // A pause longer than we wait for would hold every request: the item
+                    // is left for a later pass instead, and the gate is not touched.
+                    if rate_limited > self.max_rate_limited || pause > self.max_retry_after {
                         return Some(Err(failure));
                     }
                     // The gate holds every request, this one included.
-                    gate.pause_for(after.unwrap_or(self.min_delay));
+                    gate.pause_for(pause);
                     Duration::ZERO
                 }
                 _ => match backoff.next() {
@@ -239,6 +242,32 @@ mod tests {
         assert_eq!(out, Some(Err(limited)));
         assert_eq!(calls, 4, "one attempt plus three 429s waited out");
         assert!(started.elapsed() >= Duration::from_millis(90));
+    }
+
+    #[tokio::test]
+    async fn a_429_asking_for_too_long_does_not_hold_the_gate() {
+        let limited = Failure::Retry {
+            cause: Transient::RateLimited,
+            after: Some(Duration::from_secs(3_600)),
+        };
+        let gate = Gate::open();
+        let (out, calls) = always(&quick(3), &gate, limited.clone()).await;
+        assert_eq!((out, calls), (Some(Err(limited)), 1));
+        let started = std::time::Instant::now();
+        assert!(gate.admit().await);
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "the gate is not paused"
+        );
+    }
+
+    #[tokio::test]
+    async fn absurd_delays_do_not_overflow_the_clock() {
+        let stop = CancellationToken::new();
+        let gate = Gate::new(None, 1, stop.clone());
+        gate.pause_for(Duration::MAX);
+        stop.cancel();
+        assert!(!gate.sleep(Duration::MAX).await);
     }
 
     #[tokio::test]

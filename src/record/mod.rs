@@ -183,6 +183,7 @@ impl Record {
             return Err(RecordError::new("data", "expected an object"));
         };
         let data = Fields::new(obj, "data");
+        let has_verifications = data.object("verifications")?.is_some();
         let verification = match data.object("verifications")? {
             Some(v) => Verification {
                 matched: v.int("matched")?.map(Matched::from_code),
@@ -193,7 +194,7 @@ impl Record {
             },
             None => Verification::default(),
         };
-        Ok(Record {
+        let record = Record {
             verification_id: data.text("verificationId")?,
             order_id: data
                 .text("orderId")?
@@ -215,7 +216,19 @@ impl Record {
                 .map(sna)
                 .collect::<Result<_, _>>()?,
             verification,
-        })
+        };
+        // Neither an outcome nor an attempt says nothing: not a record to settle on.
+        if !has_verifications
+            && record.sms.is_empty()
+            && record.call.is_empty()
+            && record.sna.is_empty()
+        {
+            return Err(RecordError::new(
+                "data.verifications",
+                "missing, and the record has no attempt",
+            ));
+        }
+        Ok(record)
     }
 
     /// True while any part of the record may still change: `matched` 1, an sms still
@@ -245,10 +258,13 @@ impl Record {
 }
 
 impl Fetched {
-    /// Reads a record from the text of an answer's `data`.
+    /// Reads a record from the text of an answer's `data`. An answer the database could
+    /// not store (a NUL in a string, a number beyond `numeric`) is refused here, naming
+    /// the field, so that it cannot fail a whole batch's write.
     pub fn from_text(raw: &str) -> Result<Self, RecordError> {
         let data: Value = serde_json::from_str(raw)
             .map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
+        storable(&data, "data")?;
         Ok(Self {
             record: Record::from_data(&data)?,
             raw: raw.to_owned(),
@@ -266,6 +282,40 @@ impl Fetched {
     /// The raw JSON as a value, numbers with their exact text.
     pub fn raw_json(&self) -> Value {
         serde_json::from_str(&self.raw).unwrap_or(Value::Null)
+    }
+}
+
+/// Refuses what PostgreSQL's `jsonb` cannot hold: NUL in strings or keys, and numbers
+/// with an exponent or a length beyond what `numeric` keeps.
+fn storable(value: &Value, path: &str) -> Result<(), RecordError> {
+    const NUL: &str = "contains a NUL character, which the database cannot store";
+    match value {
+        Value::String(s) if s.contains('\0') => Err(RecordError::new(path, NUL)),
+        Value::Number(n) => {
+            let text = n.to_string();
+            let exponent = text.split_once(['e', 'E']).map_or(Some(0), |(_, e)| {
+                e.trim_start_matches('+').parse::<i64>().ok()
+            });
+            match exponent {
+                Some(e) if e.abs() <= 10_000 && text.len() <= 10_000 => Ok(()),
+                _ => Err(RecordError::new(
+                    path,
+                    "a number too large for the database to store",
+                )),
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| storable(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if k.contains('\0') {
+                Err(RecordError::new(path, NUL))
+            } else {
+                storable(v, &format!("{path}.{k}"))
+            }
+        }),
+        _ => Ok(()),
     }
 }
 
