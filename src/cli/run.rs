@@ -154,9 +154,9 @@ impl PassArgs {
                 "--concurrency, --batch-size, --writers and --max-attempts must be positive".into(),
             ));
         }
-        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        if self.rate.is_some_and(|r| !(r.is_finite() && r >= 0.001)) {
             return Err(ConfigError::Invalid(
-                "--rate must be a positive number".into(),
+                "--rate must be a number of requests per second, at least 0.001".into(),
             ));
         }
         let shard = self.shard()?;
