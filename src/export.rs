@@ -29,6 +29,16 @@ pub enum Level {
     Summary,
 }
 
+impl Level {
+    /// The columns of this level, in order.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            Level::Attempt => ATTEMPT_COLUMNS,
+            Level::Summary => SUMMARY_COLUMNS,
+        }
+    }
+}
+
 /// What to export.
 #[derive(Debug, Clone, Serialize)]
 pub struct Query {
@@ -177,10 +187,12 @@ pub async fn write_csv(
         hash: Sha256::new(),
     });
     let mut totals = Totals::default();
-    let (sql, columns) = match query.level {
-        Level::Attempt => (ATTEMPTS_SQL, ATTEMPT_COLUMNS),
-        Level::Summary => (SUMMARY_SQL, SUMMARY_COLUMNS),
+    let columns = query.level.columns();
+    let sql = match query.level {
+        Level::Attempt => ATTEMPTS_SQL,
+        Level::Summary => SUMMARY_SQL,
     };
+    let total_columns = TotalColumns::of(query.level);
     writer.write_record(columns)?;
     db.counted(1);
     let mut rows = sqlx::query(sql)
@@ -195,7 +207,7 @@ pub async fn write_csv(
             Level::Attempt => attempt_cells(&row, &mut record)?,
             Level::Summary => summary_cells(&row, &mut record)?,
         }
-        add_to_totals(&mut totals, query.level, &record)?;
+        total_columns.add(&mut totals, &record)?;
         writer.write_record(&record)?;
     }
     let hashing = writer
@@ -226,10 +238,7 @@ pub async fn write_file(db: &Db, query: &Query, path: &Path) -> Result<Manifest,
             sha256,
             totals,
             parameters: query.clone(),
-            columns: match query.level {
-                Level::Attempt => ATTEMPT_COLUMNS.to_vec(),
-                Level::Summary => SUMMARY_COLUMNS.to_vec(),
-            },
+            columns: query.level.columns().to_vec(),
             generated_at: Utc::now(),
         };
         let manifest_path = sibling(path, ".manifest.json");
@@ -311,35 +320,56 @@ fn summary_cells(row: &sqlx::postgres::PgRow, out: &mut Vec<String>) -> Result<(
     Ok(())
 }
 
-fn add_to_totals(totals: &mut Totals, level: Level, cells: &[String]) -> Result<(), ExportError> {
-    let at = |name: &str| {
-        let columns = match level {
-            Level::Attempt => ATTEMPT_COLUMNS,
-            Level::Summary => SUMMARY_COLUMNS,
+/// Where the columns the totals add up sit in a level's rows: found once per export,
+/// not once per row.
+struct TotalColumns {
+    amount: usize,
+    settle_amount: usize,
+    settle_currency: usize,
+    units: usize,
+}
+
+impl TotalColumns {
+    fn of(level: Level) -> Self {
+        let at = |name: &str| {
+            level
+                .columns()
+                .iter()
+                .position(|c| *c == name)
+                .expect("both levels have the total columns")
         };
-        columns
-            .iter()
-            .position(|c| *c == name)
-            .map_or("", |i| cells[i].as_str())
-    };
-    let decimal = |column: &'static str| -> Result<Decimal, ExportError> {
-        let value = at(column);
-        if value.is_empty() {
-            return Ok(Decimal::ZERO);
+        Self {
+            amount: at("amount"),
+            settle_amount: at("settle_amount"),
+            settle_currency: at("settle_currency"),
+            units: at("units"),
         }
-        Decimal::from_str_exact(value).map_err(|_| ExportError::Value {
-            column,
-            value: value.to_owned(),
-        })
-    };
-    totals.rows += 1;
-    totals.amount += decimal("amount")?;
-    *totals
-        .settle_amount
-        .entry(at("settle_currency").trim_start_matches('\'').to_owned())
-        .or_default() += decimal("settle_amount")?;
-    totals.units += at("units").parse::<i64>().unwrap_or(0);
-    Ok(())
+    }
+
+    fn add(&self, totals: &mut Totals, cells: &[String]) -> Result<(), ExportError> {
+        let decimal = |i: usize, column: &'static str| -> Result<Decimal, ExportError> {
+            let value = cells[i].as_str();
+            if value.is_empty() {
+                return Ok(Decimal::ZERO);
+            }
+            Decimal::from_str_exact(value).map_err(|_| ExportError::Value {
+                column,
+                value: value.to_owned(),
+            })
+        };
+        totals.rows += 1;
+        totals.amount += decimal(self.amount, "amount")?;
+        *totals
+            .settle_amount
+            .entry(
+                cells[self.settle_currency]
+                    .trim_start_matches('\'')
+                    .to_owned(),
+            )
+            .or_default() += decimal(self.settle_amount, "settle_amount")?;
+        totals.units += cells[self.units].parse::<i64>().unwrap_or(0);
+        Ok(())
+    }
 }
 
 /// A text cell, neutralized against spreadsheet formulas.

@@ -1,5 +1,5 @@
-//! Leases: what a claim writes (a token and an expiry) and the release of rows keyed by
-//! id, shared by the tables that are claimed. Each table keeps its own SQL.
+//! Leases: what a claim writes, a token and an expiry, for every table that is claimed.
+//! Each table keeps its own SQL.
 
 use crate::db::Db;
 use chrono::{DateTime, Utc};
@@ -22,43 +22,4 @@ impl Lease {
             expires: crate::clock::after(now, lease_for),
         }
     }
-}
-
-/// The statement that gives back the leased rows of `$table` (keyed by `id`), due again
-/// at once by `$due`: `$1` now, `$2` the ids, `$3` their lease tokens.
-macro_rules! release_sql {
-    ($table:literal, $due:literal) => {
-        concat!(
-            "UPDATE ",
-            $table,
-            " t
-             SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, ",
-            $due,
-            " = $1, updated_at = $1
-             FROM unnest($2::bigint[], $3::uuid[]) AS u(id, lease)
-             WHERE t.id = u.id AND t.lease_token = u.lease"
-        )
-    };
-}
-pub(crate) use release_sql;
-
-/// Runs a table's release statement (`$1` now, `$2` the ids, `$3` their lease tokens)
-/// for the rows in `held`; answers how many were still held.
-pub async fn release_by_id(
-    db: &Db,
-    sql: &'static str,
-    now: DateTime<Utc>,
-    held: &[(i64, Uuid)],
-) -> Result<u64, sqlx::Error> {
-    if held.is_empty() {
-        return Ok(0);
-    }
-    db.counted(1);
-    Ok(sqlx::query(sql)
-        .bind(now)
-        .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-        .bind(held.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
-        .execute(db.pool())
-        .await?
-        .rows_affected())
 }

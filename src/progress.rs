@@ -27,6 +27,11 @@ impl Progress {
         Self(ProgressBar::hidden())
     }
 
+    /// The total, once it is known.
+    pub fn set_length(&self, total: u64) {
+        self.0.set_length(total);
+    }
+
     pub fn inc(&self, n: u64) {
         self.0.inc(n);
         if let Some(len) = self.0.length()

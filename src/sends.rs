@@ -3,7 +3,7 @@
 //! Every write is one statement for the whole batch.
 
 use crate::db::{Db, in_shard};
-use crate::lease::{self, Lease};
+use crate::lease::Lease;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
@@ -320,8 +320,23 @@ pub async fn release(
     now: DateTime<Utc>,
     held: &[(i64, Uuid)],
 ) -> Result<u64, sqlx::Error> {
-    let sql = lease::release_sql!("sends", "next_check_at");
-    lease::release_by_id(db, sql, now, held).await
+    if held.is_empty() {
+        return Ok(0);
+    }
+    db.counted(1);
+    Ok(sqlx::query(
+        "UPDATE sends s
+         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+             next_check_at = $1, updated_at = $1
+         FROM unnest($2::bigint[], $3::uuid[]) AS u(id, lease)
+         WHERE s.id = u.id AND s.lease_token = u.lease",
+    )
+    .bind(now)
+    .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(held.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
+    .execute(db.pool())
+    .await?
+    .rows_affected())
 }
 
 /// Clears leases that expired on sends no claim comes back for (settled, rejected or

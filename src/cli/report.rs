@@ -146,18 +146,12 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Done);
     }
     let (db, client) = connect_for_pass(&args.db, &args.provider, &settings).await?;
-    let total: i64 = sends::count_range(&db, &range)
-        .await
-        .map_err(DbError::from)?
-        .iter()
-        .map(|(_, n)| n)
-        .sum();
     let deps = Deps {
         db: &db,
         client: &client,
         clock: clock::system(),
         interrupt: interrupt_on_signal(),
-        progress: Progress::new(u64::try_from(total).unwrap_or(0), "replay"),
+        progress: Progress::new(0, "replay"),
     };
     let (summary, report) = pass::replay(deps, &settings, &range).await?;
     report_summary(&summary);

@@ -152,6 +152,8 @@ pub async fn replay(
         .iter()
         .map(|(_, n)| n)
         .sum();
+    deps.progress
+        .set_length(u64::try_from(in_range).unwrap_or(0));
     let summary = lifecycle(deps, settings, &Task::Replay(range.clone())).await?;
     let mut report = revisions::report(db, summary.pass_id).await?;
     report.not_refetched = summary.recheck_reasons.transient + summary.recheck_reasons.unreadable;

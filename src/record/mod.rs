@@ -183,8 +183,9 @@ impl Record {
             return Err(RecordError::new("data", "expected an object"));
         };
         let data = Fields::new(obj, "data");
-        let has_verifications = data.object("verifications")?.is_some();
-        let verification = match data.object("verifications")? {
+        let verifications = data.object("verifications")?;
+        let has_verifications = verifications.is_some();
+        let verification = match verifications {
             Some(v) => Verification {
                 matched: v.int("matched")?.map(Matched::from_code),
                 verified_date: v.time("verifiedDate")?,
