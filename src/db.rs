@@ -58,6 +58,36 @@ pub enum DbError {
     SchemaNewer { unknown: Vec<i64> },
     #[error("migration {0} in the database differs from this binary's; the schema was edited")]
     SchemaEdited(i64),
+    #[error(
+        "migration {0} in the database is its text from before a later edit: \
+         run `otp-reconcile migrate`, which repairs it"
+    )]
+    SchemaBeforeEdit(i64),
+}
+
+/// A migration that was edited after it had landed (a mistake never to repeat: migrations
+/// are only added, and `tests/migrations.rs` pins every landed one). A database migrated
+/// before the edit has the old checksum; `migrate` brings it to today's schema.
+struct EditedMigration {
+    version: i64,
+    /// SHA-384 (hex) of the text as it first landed.
+    checksum_before: &'static str,
+    /// Makes a schema built from the old text equal to one built from today's.
+    repair: &'static str,
+}
+
+/// Migration 3 first made `record_revisions.old_raw` NOT NULL (commit bb24522); the edit
+/// in ebde0c6 let it be NULL for a send that had no record before a replay.
+const EDITED: &[EditedMigration] = &[EditedMigration {
+    version: 20261126000003,
+    checksum_before: "3150142c7eb82834cbcce1d8c787e0c1156aed796c6bf8946830b74f2eadcb439aab9abbee17f946eb1a9f31eac43420",
+    repair: "ALTER TABLE record_revisions ALTER COLUMN old_raw DROP NOT NULL",
+}];
+
+fn edited_before(version: i64, checksum: &[u8]) -> bool {
+    EDITED.iter().any(|e| {
+        e.version == version && hex::decode(e.checksum_before).is_ok_and(|old| old == checksum)
+    })
 }
 
 /// A pool and a count of the statements the job sent through it (for the benchmark's
@@ -104,19 +134,62 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
     Ok(Db::new(pool))
 }
 
-/// Applies every migration the database lacks.
+/// Repairs migrations applied before a later edit (see [`EDITED`]), then applies every
+/// migration the database lacks.
 pub async fn migrate(db: &Db) -> Result<(), DbError> {
+    repair_edited(db).await?;
     MIGRATOR.run(db.pool()).await?;
     Ok(())
 }
 
-/// Refuses a schema that is older or newer than this binary's migrations.
-pub async fn check_schema(db: &Db) -> Result<(), DbError> {
-    let table_exists: bool =
+/// In one transaction: each edited migration whose old checksum the database holds gets
+/// its repair and today's checksum. Answers the versions repaired.
+async fn repair_edited(db: &Db) -> Result<Vec<i64>, DbError> {
+    let mut repaired = Vec::new();
+    if !migrations_table_exists(db).await? {
+        return Ok(repaired);
+    }
+    let mut tx = db.pool().begin().await?;
+    for edited in EDITED {
+        let Some(today) = MIGRATOR.iter().find(|m| m.version == edited.version) else {
+            continue;
+        };
+        let old = hex::decode(edited.checksum_before).expect("a hex checksum");
+        let updated = sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2 AND checksum = $3",
+        )
+        .bind(&*today.checksum)
+        .bind(edited.version)
+        .bind(old)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            sqlx::query(edited.repair).execute(&mut *tx).await?;
+            repaired.push(edited.version);
+        }
+    }
+    tx.commit().await?;
+    for version in &repaired {
+        tracing::info!(
+            version,
+            "repaired a migration applied before its later edit"
+        );
+    }
+    Ok(repaired)
+}
+
+async fn migrations_table_exists(db: &Db) -> Result<bool, DbError> {
+    Ok(
         sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(db.pool())
-            .await?;
-    let applied: Vec<(i64, Vec<u8>, bool)> = if table_exists {
+            .await?,
+    )
+}
+
+/// Refuses a schema that is older or newer than this binary's migrations.
+pub async fn check_schema(db: &Db) -> Result<(), DbError> {
+    let applied: Vec<(i64, Vec<u8>, bool)> = if migrations_table_exists(db).await? {
         sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
             .fetch_all(db.pool())
             .await?
@@ -139,8 +212,14 @@ pub async fn check_schema(db: &Db) -> Result<(), DbError> {
     }
     for migration in MIGRATOR.iter() {
         let stored = applied.iter().find(|(v, _, _)| *v == migration.version);
-        if stored.is_some_and(|(_, checksum, _)| checksum.as_slice() != &*migration.checksum) {
-            return Err(DbError::SchemaEdited(migration.version));
+        if let Some((version, checksum, _)) = stored
+            && checksum.as_slice() != &*migration.checksum
+        {
+            return Err(if edited_before(*version, checksum) {
+                DbError::SchemaBeforeEdit(*version)
+            } else {
+                DbError::SchemaEdited(*version)
+            });
         }
     }
     Ok(())

@@ -1,0 +1,151 @@
+//! Migrations are only added, never edited once landed: every landed migration's checksum
+//! is pinned here. A database migrated before the one edit that did happen (migration 3)
+//! is repaired by `migrate`.
+
+use otp_reconcile::db::{self, Db, DbError, MIGRATOR};
+use sha2::{Digest, Sha384};
+use sqlx::PgPool;
+use std::path::{Path, PathBuf};
+
+/// (version, SHA-384 of its text) of every landed migration. A new migration is added
+/// here in the commit that adds it; a pinned one must never change.
+const PINNED: &[(i64, &str)] = &[
+    (
+        20261126000001,
+        "8ea4a34f65c5708d180cbdf1af585f972a5ae01a28c42029326974eac3b233033a5017c0f70ae1100f9d0f4c6447c083",
+    ),
+    (
+        20261126000002,
+        "05b7e9317d7fbbef99e4c7d2ebd1149ae7e66f9fb11de28438065ed98d636c669ab8665625af43a283c416c473ccc608",
+    ),
+    (
+        20261126000003,
+        "3d17cf70d58352f3a2f63678bec7f8a001b56a9b2ed4c0a8a39a502ba3696a55bace5273f353e840520c15db9a3f4424",
+    ),
+    (
+        20261126000004,
+        "6d35b7c3dc4a90951b0ab0250976b82a63588922649ac41e7bf2748fdc6d5925144dcce0a8a55545699d7347d17c60ad",
+    ),
+];
+
+/// Migration 3 as it first landed, before its edit (commit bb24522).
+const MIGRATION_3: i64 = 20261126000003;
+const MIGRATION_3_BEFORE_EDIT: &str =
+    "tests/fixtures/migrations/20261126000003_record_revisions.before-edit.sql";
+const MIGRATION_3_BEFORE_EDIT_SHA384: &str = "3150142c7eb82834cbcce1d8c787e0c1156aed796c6bf8946830b74f2eadcb439aab9abbee17f946eb1a9f31eac43420";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_landed_migration_keeps_its_pinned_checksum() {
+    for migration in MIGRATOR.iter() {
+        let Some((_, pinned)) = PINNED.iter().find(|(v, _)| *v == migration.version) else {
+            panic!(
+                "migration {} ({}) is not pinned: add (version, {}) to PINNED in the commit \
+                 that adds it",
+                migration.version,
+                migration.description,
+                hex::encode(&*migration.checksum)
+            );
+        };
+        assert_eq!(
+            hex::encode(&*migration.checksum),
+            *pinned,
+            "migration {} was edited after it landed: add a new migration instead",
+            migration.version
+        );
+    }
+    for (version, _) in PINNED {
+        assert!(
+            MIGRATOR.iter().any(|m| m.version == *version),
+            "landed migration {version} was removed"
+        );
+    }
+}
+
+#[test]
+fn the_fixture_is_migration_3_as_it_first_landed() {
+    let old = std::fs::read(root().join(MIGRATION_3_BEFORE_EDIT)).unwrap();
+    assert_eq!(
+        hex::encode(Sha384::digest(&old)),
+        MIGRATION_3_BEFORE_EDIT_SHA384
+    );
+    let today = MIGRATOR.iter().find(|m| m.version == MIGRATION_3).unwrap();
+    assert_ne!(today.sql.as_str(), std::str::from_utf8(&old).unwrap());
+}
+
+/// The migrations as a database migrated before the edit saw them: 1 to 4, with
+/// migration 3's old text.
+fn migrations_before_the_edit(dir: &Path) {
+    for entry in std::fs::read_dir(root().join("migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let version: i64 = name.split('_').next().unwrap().parse().unwrap();
+        if version > 20261126000004 {
+            continue;
+        }
+        let source = if version == MIGRATION_3 {
+            root().join(MIGRATION_3_BEFORE_EDIT)
+        } else {
+            path.clone()
+        };
+        std::fs::copy(source, dir.join(name)).unwrap();
+    }
+}
+
+async fn old_raw_nullable(pool: &PgPool) -> String {
+    sqlx::query_scalar(
+        "SELECT is_nullable FROM information_schema.columns
+         WHERE table_name = 'record_revisions' AND column_name = 'old_raw'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn migrate_repairs_a_database_migrated_before_the_edit_of_migration_3(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    migrations_before_the_edit(dir.path());
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    assert_eq!(old_raw_nullable(&pool).await, "NO");
+
+    let db = Db::new(pool.clone());
+    let refused = db::check_schema(&db).await.unwrap_err();
+    assert!(
+        matches!(refused, DbError::SchemaBeforeEdit(MIGRATION_3)),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("run `otp-reconcile migrate`"));
+
+    db::migrate(&db).await.unwrap();
+    db::check_schema(&db).await.unwrap();
+    assert_eq!(old_raw_nullable(&pool).await, "YES");
+
+    // A second migrate finds nothing to repair.
+    db::migrate(&db).await.unwrap();
+    db::check_schema(&db).await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_migration_edited_in_another_way_is_still_refused(pool: PgPool) {
+    let db = Db::new(pool.clone());
+    db::migrate(&db).await.unwrap();
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = $1")
+        .bind(MIGRATION_3)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let refused = db::check_schema(&db).await.unwrap_err();
+    assert!(
+        matches!(refused, DbError::SchemaEdited(MIGRATION_3)),
+        "{refused:?}"
+    );
+}
