@@ -84,15 +84,17 @@ impl ProviderSettings {
 
 /// Parses the base URL and refuses plain http to anything but loopback.
 pub fn checked_base_url(raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
+    // Messages show the URL without its credentials.
+    let shown = || crate::redact::url_str(raw);
     let mut url = Url::parse(raw.trim()).map_err(|source| ConfigError::BadUrl {
-        url: raw.to_owned(),
+        url: shown(),
         source,
     })?;
     match url.scheme() {
         "https" => {}
         "http" if allow_insecure_http || is_loopback(&url) => {}
-        "http" => return Err(ConfigError::InsecureHttp(raw.to_owned())),
-        _ => return Err(ConfigError::BadScheme(raw.to_owned())),
+        "http" => return Err(ConfigError::InsecureHttp(shown())),
+        _ => return Err(ConfigError::BadScheme(shown())),
     }
     // Paths are joined below the base: make sure it ends with one slash.
     if !url.path().ends_with('/') {

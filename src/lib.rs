@@ -19,6 +19,7 @@ pub mod passes;
 pub mod progress;
 pub mod provider;
 pub mod rates;
+pub mod redact;
 pub mod record;
 pub mod revisions;
 pub mod sends;

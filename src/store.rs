@@ -301,3 +301,21 @@ async fn store_attempts(
     .await?;
     Ok(result.rows_affected())
 }
+
+/// The settled cost of the sends sent since `since`, per settle currency (`None` when
+/// the provider gave none): what the job pushes as today's spend.
+pub async fn spend_since(
+    db: &crate::db::Db,
+    since: DateTime<Utc>,
+) -> Result<Vec<(Option<String>, Decimal)>, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_as(
+        "SELECT a.settle_currency, sum(a.settle_pay)
+         FROM sends s JOIN attempts a ON a.send_id = s.id
+         WHERE s.sent_at >= $1 AND a.settle_pay IS NOT NULL
+         GROUP BY 1 ORDER BY 1 NULLS LAST",
+    )
+    .bind(since)
+    .fetch_all(db.pool())
+    .await
+}

@@ -159,7 +159,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<Exit> {
     if let Some(path) = &args.report {
         write_json(path, &report)?;
     }
-    push_metrics(&args.pass, &settings, &summary, "replay").await;
+    push_metrics(&args.pass, &settings, &db, &summary, "replay").await;
     Ok(exit_for(&summary))
 }
 

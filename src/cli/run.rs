@@ -237,7 +237,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     if let Some(path) = &args.summary_json {
         write_json(path, &summary)?;
     }
-    push_metrics(&args.pass, &settings, &summary, "run").await;
+    push_metrics(&args.pass, &settings, &db, &summary, "run").await;
     Ok(exit_for(&summary))
 }
 
@@ -257,18 +257,40 @@ pub fn report_summary(summary: &Summary) {
     }
 }
 
-/// Pushes the summary to `--pushgateway`, if given. A failed push is logged: it never
-/// fails the pass.
-pub async fn push_metrics(args: &PassArgs, settings: &PassSettings, summary: &Summary, kind: &str) {
+/// Pushes the summary, and the queue's state after it, to `--pushgateway`, if given.
+/// A failed push is logged once, as a warning: it never fails the pass.
+pub async fn push_metrics(
+    args: &PassArgs,
+    settings: &PassSettings,
+    db: &Db,
+    summary: &Summary,
+    kind: &str,
+) {
     let Some(gateway) = &args.pushgateway else {
         return;
     };
+    let shown = crate::redact::url(gateway);
     let shard = settings
         .shard
         .map_or("all".to_owned(), |s| format!("{}-of-{}", s.index, s.of));
-    match crate::metrics::push(gateway, summary, kind, &shard).await {
-        Ok(()) => tracing::info!(%gateway, "metrics pushed"),
-        Err(e) => tracing::warn!(%gateway, error = %e, "cannot push the metrics"),
+    let now = chrono::Utc::now();
+    // After a database failure the queue cannot be read: the pass's own numbers are
+    // pushed all the same.
+    let queue = match crate::metrics::QueueState::read(db, now).await {
+        Ok(queue) => Some(queue),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the queue's state for the metrics");
+            None
+        }
+    };
+    let body = crate::metrics::exposition(summary, queue.as_ref(), now);
+    match crate::metrics::push(gateway, kind, &shard, body).await {
+        Ok(()) => tracing::info!(gateway = %shown, kind, shard, "metrics pushed"),
+        Err(e) => tracing::warn!(
+            gateway = %shown,
+            error = format!("{:#}", anyhow::Error::from(e)),
+            "cannot push the metrics"
+        ),
     }
 }
 

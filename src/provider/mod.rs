@@ -214,6 +214,8 @@ fn record(envelope: Envelope) -> Result<Fetched, Failure> {
 
 /// A failure below HTTP: timeouts, refused or dropped connections.
 fn transport(e: reqwest::Error) -> Failure {
+    // Its message names the URL, which is logged: without credentials.
+    let e = crate::redact::reqwest_error(e);
     let cause = if e.is_timeout() {
         Transient::Timeout
     } else if e.is_connect() {
