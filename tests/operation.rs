@@ -1,6 +1,6 @@
 //! Production operation: SIGTERM and the grace period, sharding, logs that never carry
-//! the secret or a Sign, and metrics pushed to a Pushgateway. Real PostgreSQL (a
-//! database per test), the simulator, and the binary.
+//! the secret or a Sign. (Metrics pushed to a real Pushgateway: `tests/pushgateway.rs`.)
+//! Real PostgreSQL (a database per test), the simulator, and the binary.
 
 mod common;
 
@@ -321,50 +321,4 @@ async fn debug_logs_carry_ids_but_never_the_secret_or_a_sign(pool: PgPool) {
     ] {
         assert!(logs.contains(needle), "no {needle} in the logs");
     }
-}
-
-#[sqlx::test]
-async fn the_pass_pushes_its_counters_to_a_pushgateway(pool: PgPool) {
-    use wiremock::matchers::{body_string_contains, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-    let db = db_with_app(&pool).await;
-    insert_sends(&db, &new_sends(20, "push")).await;
-    let sim = simulator(1).await;
-    let gateway = MockServer::start().await;
-    Mock::given(method("PUT"))
-        .and(path("/metrics/job/otp-reconcile/kind/run/shard/all"))
-        .and(body_string_contains(
-            "otp_reconcile_pass_claimed{kind=\"run\"} 20",
-        ))
-        .and(body_string_contains(
-            "otp_reconcile_pass_ended{kind=\"run\",ended=\"done\"} 1",
-        ))
-        .and(body_string_contains(
-            "# TYPE otp_reconcile_pass_duration_seconds gauge",
-        ))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(1)
-        .mount(&gateway)
-        .await;
-    let mut cmd = bin(&pool, &sim);
-    cmd.args(["run", "--pushgateway", &gateway.uri()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let out = wait(cmd.spawn().unwrap()).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    gateway.verify().await;
-
-    // A Pushgateway that is down does not fail the pass.
-    let mut cmd = bin(&pool, &sim);
-    cmd.args(["run", "--pushgateway", "http://127.0.0.1:9"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let out = wait(cmd.spawn().unwrap()).await;
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot push the metrics"));
 }
