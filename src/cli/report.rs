@@ -73,7 +73,6 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<Exit> {
         app_ids: range.app_ids,
         level: args.level,
     };
-    let db = args.db.connect_checked().await?;
     let out = args.out.as_ref().map(|path| {
         let name = path.to_string_lossy();
         let date = |t: DateTime<Utc>| t.date_naive().to_string();
@@ -82,9 +81,62 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<Exit> {
                 .replace("{to}", &date(query.to)),
         )
     });
-    match &out {
+    if let Some(path) = &out {
+        check_out_dir(path)?;
+    }
+    // A file-size limit (RLIMIT_FSIZE) must fail the write with EFBIG, cleaned up like
+    // any failed write, instead of killing the process with SIGXFSZ and leaving the
+    // temporary file behind.
+    #[cfg(unix)]
+    let _file_size_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ));
+    let db = args.db.connect_checked().await?;
+    // SIGTERM or SIGINT drops the export: its temporary files go with it.
+    // Biased: the signal handlers are in place before the export creates any file.
+    tokio::select! {
+        biased;
+        () = crate::shutdown::signalled() => {
+            eprintln!("otp-reconcile: export stopped by a signal; nothing written");
+            return Ok(Exit::Interrupted);
+        }
+        written = write_export(&db, &query, out.as_deref()) => written?,
+    }
+    Ok(Exit::Done)
+}
+
+/// `--out`'s directory must exist (exit 2 otherwise, before any work).
+fn check_out_dir(path: &std::path::Path) -> Result<(), ConfigError> {
+    if path.file_name().is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "--out {}: give a file name",
+            path.display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(ConfigError::Invalid(format!(
+            "--out {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+async fn write_export(
+    db: &crate::db::Db,
+    query: &Query,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match out {
         Some(path) => {
-            let manifest = export::write_file(&db, &query, path).await?;
+            let manifest = export::write_file(db, query, path)
+                .await
+                .with_context(|| format!("export to {} failed, nothing written", path.display()))?;
             eprintln!(
                 "{} rows written to {} (sha256 {}), manifest {}.manifest.json",
                 manifest.rows,
@@ -96,11 +148,11 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<Exit> {
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            export::write_csv(&db, &query, &mut out).await?;
+            export::write_csv(db, query, &mut out).await?;
             out.flush().map_err(export::ExportError::Write)?;
         }
     }
-    Ok(Exit::Done)
+    Ok(())
 }
 
 #[derive(Debug, Args)]
