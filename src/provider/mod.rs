@@ -77,6 +77,36 @@ impl ProviderClient {
         record(envelope)
     }
 
+    /// The answer to `GET /otp/verification/record/{verificationId}` as received, for
+    /// `fetch` to show it when it cannot be read ([`RawAnswer::read_record`] reads it
+    /// exactly as [`Self::record_by_verification_id`] does).
+    pub async fn raw_record_by_verification_id(&self, id: &str) -> Result<RawAnswer, Failure> {
+        let mut url = self.url(Endpoint::RecordByVerificationId);
+        url.path_segments_mut()
+            .expect("an http(s) base URL has path segments")
+            .pop_if_empty()
+            .push(id);
+        let span = tracing::debug_span!("provider.request", endpoint = "record_by_verification_id", verification_id = %id);
+        self.exchange(Method::GET, url, None).instrument(span).await
+    }
+
+    /// The answer to `POST /otp/verification/orderId/record` as received.
+    pub async fn raw_record_by_order_id(
+        &self,
+        app_id: &str,
+        order_id: &str,
+    ) -> Result<RawAnswer, Failure> {
+        let body = OrderIdQuery {
+            app_id: app_id.to_owned(),
+            order_id: order_id.to_owned(),
+        };
+        let body = serde_json::to_vec(&body).expect("request bodies serialize");
+        let span = tracing::debug_span!("provider.request", endpoint = "record_by_order_id", app_id = %app_id, order_id = %order_id);
+        self.exchange(Method::POST, self.url(Endpoint::RecordByOrderId), Some(body))
+            .instrument(span)
+            .await
+    }
+
     /// `POST /otp/verification/orderId/record`.
     pub async fn record_by_order_id(
         &self,
@@ -141,6 +171,22 @@ impl ProviderClient {
         url: Url,
         body: Option<Vec<u8>>,
     ) -> Result<Envelope, Failure> {
+        let raw = self.exchange(method, url, body).await?;
+        let outcome = outcome::classify(raw.http, &raw.headers, &raw.body, self.clock.now());
+        match &outcome {
+            Ok(env) => tracing::debug!(http = raw.http.as_u16(), status = %env.status, "answer"),
+            Err(failure) => tracing::debug!(http = raw.http.as_u16(), %failure, "answer"),
+        }
+        outcome
+    }
+
+    /// Signs, sends, and reads the answer up to the cap.
+    async fn exchange(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<RawAnswer, Failure> {
         let signed = sign::headers(
             &self.api_key,
             &self.api_secret,
@@ -175,18 +221,32 @@ impl ProviderClient {
             }
             answer.extend_from_slice(&chunk);
         }
-        let outcome = outcome::classify(http, &headers, &answer, self.clock.now());
-        match &outcome {
-            Ok(env) => tracing::debug!(http = http.as_u16(), status = %env.status, "answer"),
-            Err(failure) => tracing::debug!(http = http.as_u16(), %failure, "answer"),
-        }
-        outcome
+        Ok(RawAnswer {
+            http,
+            headers,
+            body: answer,
+        })
     }
 
     fn too_large(&self) -> Failure {
         Failure::Unreadable {
             problem: format!("answer larger than {} bytes", self.max_answer_bytes),
         }
+    }
+}
+
+/// An answer as received: its HTTP status, headers and body (at most the size cap).
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub http: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// Reads it as a record answer, exactly as the client's record calls do.
+    pub fn read_record(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Fetched, Failure> {
+        record(outcome::classify(self.http, &self.headers, &self.body, now)?)
     }
 }
 
