@@ -120,11 +120,22 @@ impl Db {
     }
 }
 
+/// A statement slower than this is logged at WARN (on one line, by name: see
+/// `telemetry`); every statement is logged at DEBUG.
+pub const SLOW_STATEMENT: Duration = Duration::from_secs(1);
+
+/// The connection options of every pool the job opens.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    Ok(PgConnectOptions::from_str(url)
+        .map_err(DbError::BadUrl)?
+        .application_name("otp-reconcile")
+        .log_statements(log::LevelFilter::Debug)
+        .log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT))
+}
+
 /// Connects a pool of up to `max_connections`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(DbError::BadUrl)?
-        .application_name("otp-reconcile");
+    let options = connect_options(url)?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -228,7 +239,7 @@ pub async fn check_schema(db: &Db) -> Result<(), DbError> {
 /// Creates the database named in `url` if it does not exist (for the demo and the
 /// benchmark), connecting to the server's `postgres` database to do so.
 pub async fn create_database_if_missing(url: &str) -> Result<(), DbError> {
-    let options = PgConnectOptions::from_str(url).map_err(DbError::BadUrl)?;
+    let options = connect_options(url)?;
     let name = options.get_database().unwrap_or("postgres").to_owned();
     let admin = options.clone().database("postgres");
     let mut conn = admin.connect().await.map_err(DbError::Connect)?;

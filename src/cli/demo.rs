@@ -13,7 +13,7 @@ use crate::import;
 use crate::provider::ProviderClient;
 use crate::simulator::{DEMO_API_KEY, DEMO_API_SECRET, SimConfig, Simulator};
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::Args;
 use secrecy::SecretString;
 use std::fmt::Write;
@@ -68,7 +68,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         .context("cannot start the simulator")?;
     eprintln!("simulator: {} (seed {})", sim.base_url(), args.seed);
 
-    let (sends, conversions) = generate(args.sends);
+    let start = fresh_start(&db).await.map_err(DbError::from)?;
+    let (sends, conversions) = generate(args.sends, start, Utc::now());
     let report = import::import_sends(&db, csv_input(sends), print_rejected).await?;
     eprintln!(
         "imported {} sends ({} already there)",
@@ -114,17 +115,35 @@ fn print_rejected(bad: &import::Rejected) {
     eprintln!("line {}: {}", bad.line, bad.reason);
 }
 
-/// CSVs of `n` sends across the demo apps, sent over the last three hours (most by
+/// Where a demo run's sends may start: three hours ago, or later if earlier runs
+/// already have sends or computed conversion-rate windows there. A run's sends then
+/// never land in a window an earlier run computed (and perhaps posted), so no posted
+/// rate changes after the fact and no run ends with that warning.
+async fn fresh_start(db: &db::Db) -> Result<DateTime<Utc>, sqlx::Error> {
+    let three_hours_ago = Utc::now() - chrono::Duration::hours(3);
+    db.counted(1);
+    let taken: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT greatest((SELECT max(sent_at) FROM sends),
+                         (SELECT max(window_start + window_length) FROM conversion_rates))",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    Ok(taken.map_or(three_hours_ago, |t| {
+        three_hours_ago.max(t + chrono::Duration::seconds(1))
+    }))
+}
+
+/// CSVs of `n` sends across the demo apps, sent between `start` and `end` (most by
 /// verification id, a fifth by the app's own order id, a few the provider will not
 /// know), and of the conversions of about a third of them.
-fn generate(n: usize) -> (String, String) {
+fn generate(n: usize, start: DateTime<Utc>, end: DateTime<Utc>) -> (String, String) {
     let stamp = Utc::now().format("%Y%m%d%H%M%S");
-    let now = Utc::now();
+    let span_ms = (end - start).num_milliseconds().max(0);
     let mut sends = String::from("app_id,verification_id,order_id,number,channel,sent_at\n");
     let mut conversions = String::from("kind,app_id,message_id,number,converted_at\n");
     for i in 0..n {
         let app = DEMO_APPS[i % DEMO_APPS.len()];
-        let sent_at = now - chrono::Duration::seconds((i as i64 * 10_800) / n.max(1) as i64);
+        let sent_at = end - chrono::Duration::milliseconds((i as i64 * span_ms) / n.max(1) as i64);
         let (verification_id, order_id) = match i % 50 {
             0 => (format!("missing-{stamp}-{i}"), String::new()),
             n if n % 5 == 0 => (String::new(), format!("ord-{stamp}-{i}")),
