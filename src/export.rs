@@ -293,7 +293,10 @@ fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
 
 /// `.NAME.` for `path` = `DIR/NAME`.
 fn temp_prefix(path: &Path) -> String {
-    format!(".{}.", path.file_name().unwrap_or_default().to_string_lossy())
+    format!(
+        ".{}.",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
 }
 
 /// Removes `PREFIX` + random letters + `.tmp` files in `dir` that no process holds.
@@ -534,12 +537,19 @@ mod tests {
         let other = temp_beside(&out).unwrap();
         assert_ne!(live.path(), other.path());
         let name = live.path().file_name().unwrap().to_str().unwrap();
-        assert!(name.starts_with(".costs.csv.") && name.ends_with(".tmp"), "{name}");
+        assert!(
+            name.starts_with(".costs.csv.") && name.ends_with(".tmp"),
+            "{name}"
+        );
         // Abandoned: of our pattern and held by no one.
         let abandoned = dir.path().join(".costs.csv.Zx81Qa.tmp");
         std::fs::write(&abandoned, "half").unwrap();
         // Not ours: another file's, or not of the pattern.
-        let others = [".other.csv.Zx81Qa.tmp", "costs.csv.tmp", ".costs.csv.a-b.tmp"];
+        let others = [
+            ".other.csv.Zx81Qa.tmp",
+            "costs.csv.tmp",
+            ".costs.csv.a-b.tmp",
+        ];
         for name in others {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }

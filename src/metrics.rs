@@ -82,7 +82,10 @@ pub const METRICS: &[Metric] = &[
         "otp_reconcile_pass_rechecks",
         "Sends the last pass left for a later check.",
     ),
-    metric("otp_reconcile_pass_rejected", "Sends the last pass rejected."),
+    metric(
+        "otp_reconcile_pass_rejected",
+        "Sends the last pass rejected.",
+    ),
     metric("otp_reconcile_pass_expired", "Sends the last pass expired."),
     metric(
         "otp_reconcile_pass_released",
@@ -194,10 +197,7 @@ impl QueueState {
         Ok(Self::from_status(&status, spend_today))
     }
 
-    fn from_status(
-        status: &Status,
-        spend_today: Vec<(Option<String>, Decimal)>,
-    ) -> Self {
+    fn from_status(status: &Status, spend_today: Vec<(Option<String>, Decimal)>) -> Self {
         let mut sends: Vec<(String, i64)> = Vec::new();
         for depth in &status.sends {
             match sends.iter_mut().find(|(s, _)| *s == depth.state) {
@@ -275,7 +275,11 @@ fn escape_label(value: &str) -> String {
 
 /// The pass's summary and the queue's state in the Prometheus text format. Labels of the
 /// grouping key are not repeated: the Pushgateway adds them.
-pub fn exposition(summary: &Summary, queue: Option<&QueueState>, ended_at: DateTime<Utc>) -> String {
+pub fn exposition(
+    summary: &Summary,
+    queue: Option<&QueueState>,
+    ended_at: DateTime<Utc>,
+) -> String {
     let mut e = Exposition::new();
     let s = summary;
     let end = ended_at.timestamp_millis() as f64 / 1000.0;
@@ -333,14 +337,26 @@ pub fn exposition(summary: &Summary, queue: Option<&QueueState>, ended_at: DateT
             }
         }
         e.sample("otp_reconcile_sends_due", &[], q.due);
-        let age = q
-            .oldest_due
-            .map_or(0.0, |t| ((q.at - t).num_milliseconds().max(0) as f64) / 1000.0);
+        let age = q.oldest_due.map_or(0.0, |t| {
+            ((q.at - t).num_milliseconds().max(0) as f64) / 1000.0
+        });
         e.sample("otp_reconcile_oldest_due_age_seconds", &[], age);
         e.sample("otp_reconcile_leases_expired", &[], q.expired_leases);
-        e.sample("otp_reconcile_conversions_pending", &[], q.conversions_pending);
-        e.sample("otp_reconcile_conversions_in_doubt", &[], q.conversions_in_doubt);
-        e.sample("otp_reconcile_conversions_rejected", &[], q.conversions_rejected);
+        e.sample(
+            "otp_reconcile_conversions_pending",
+            &[],
+            q.conversions_pending,
+        );
+        e.sample(
+            "otp_reconcile_conversions_in_doubt",
+            &[],
+            q.conversions_in_doubt,
+        );
+        e.sample(
+            "otp_reconcile_conversions_rejected",
+            &[],
+            q.conversions_rejected,
+        );
         e.sample("otp_reconcile_rates_pending", &[], q.rates_pending);
         // Money as PostgreSQL's exact decimal text, never through a float.
         for (currency, amount) in &q.spend_today {
@@ -388,7 +404,10 @@ pub async fn push(gateway: &Url, kind: &str, shard: &str, body: String) -> Resul
     let body = response.text().await.unwrap_or_default();
     Err(PushError::Status {
         status: status.as_u16(),
-        body: crate::redact::escape_control(body.trim()).chars().take(300).collect(),
+        body: crate::redact::escape_control(body.trim())
+            .chars()
+            .take(300)
+            .collect(),
     })
 }
 

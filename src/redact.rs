@@ -33,7 +33,14 @@ pub fn url(url: &Url) -> Url {
             .query_pairs()
             .map(|(k, v)| {
                 let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
-                (k.into_owned(), if secret { MASK.to_owned() } else { v.into_owned() })
+                (
+                    k.into_owned(),
+                    if secret {
+                        MASK.to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
             })
             .collect();
         out.query_pairs_mut().clear().extend_pairs(pairs);
@@ -116,10 +123,7 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         for (given, shown) in [
-            (
-                "http://user:pass@host/",
-                "http://user:***@host/",
-            ),
+            ("http://user:pass@host/", "http://user:***@host/"),
             (
                 "postgres://app:hunter2@db.internal:5432/otp",
                 "postgres://app:***@db.internal:5432/otp",
@@ -131,7 +135,10 @@ mod tests {
             ("https://api.itniotech.com", "https://api.itniotech.com"),
             ("http://user@host:9091", "http://user@host:9091"),
             // Not a URL (a space in the port), the password still goes.
-            ("http://user:pa ss@host:90 91/", "http://user:***@host:90 91/"),
+            (
+                "http://user:pa ss@host:90 91/",
+                "http://user:***@host:90 91/",
+            ),
             ("http://u:p:q@[bad/x", "http://u:***@[bad/x"),
             ("not a url", "not a url"),
         ] {

@@ -53,8 +53,12 @@ pub fn init(format: LogFormat) {
     };
     let _ = JSON.set(json);
     // Also routes the `log` records of the HTTP stack into it.
-    let _ = subscriber(json, std::env::var("RUST_LOG").ok().as_deref(), std::io::stderr)
-        .try_init();
+    let _ = subscriber(
+        json,
+        std::env::var("RUST_LOG").ok().as_deref(),
+        std::io::stderr,
+    )
+    .try_init();
 }
 
 /// The filter: `rust_log` (default `info`), with PostgreSQL NOTICEs (INFO level in
@@ -74,7 +78,11 @@ pub fn filter(rust_log: Option<&str>) -> EnvFilter {
 }
 
 /// The subscriber `init` installs, writing to `writer` (tests capture it).
-pub fn subscriber<W>(json: bool, rust_log: Option<&str>, writer: W) -> Box<dyn Subscriber + Send + Sync>
+pub fn subscriber<W>(
+    json: bool,
+    rust_log: Option<&str>,
+    writer: W,
+) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -296,8 +304,14 @@ mod tests {
     #[test]
     fn statements_are_named_by_comment_or_by_verb_and_table() {
         for (sql, name) in [
-            ("-- name: sends.claim\nUPDATE sends SET x = 1", "sends.claim"),
-            ("/* passes.finish */ UPDATE passes SET y = 2", "passes.finish"),
+            (
+                "-- name: sends.claim\nUPDATE sends SET x = 1",
+                "sends.claim",
+            ),
+            (
+                "/* passes.finish */ UPDATE passes SET y = 2",
+                "passes.finish",
+            ),
             (
                 "\n\nUPDATE sends s\n   SET state = u.state\n FROM unnest($1)",
                 "UPDATE sends",
@@ -311,7 +325,10 @@ mod tests {
                 "WITH due AS (SELECT id FROM sends) UPDATE sends",
                 "WITH due",
             ),
-            ("DELETE FROM record_revisions WHERE x", "DELETE record_revisions"),
+            (
+                "DELETE FROM record_revisions WHERE x",
+                "DELETE record_revisions",
+            ),
             (
                 "SELECT x FROM (SELECT 1) AS a JOIN b ON true FROM sends",
                 "SELECT sends",

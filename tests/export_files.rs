@@ -34,7 +34,14 @@ fn export(pool: &PgPool, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-reconcile"));
     cmd.env("DATABASE_URL", db_url(pool))
         .env("RUST_LOG", "info")
-        .args(["export", "--from", "2026-09-01", "--to", "2027-01-01", "--out"])
+        .args([
+            "export",
+            "--from",
+            "2026-09-01",
+            "--to",
+            "2027-01-01",
+            "--out",
+        ])
         .arg(out)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -129,7 +136,12 @@ async fn sigterm_or_sigint_during_an_export_exits_130_and_leaves_nothing(pool: P
         assert!(temps[0].starts_with(".costs.csv."), "{temps:?}");
         kill(&child, signal);
         let output = wait(child).await;
-        assert_eq!(output.status.code(), Some(130), "SIG{signal}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(130),
+            "SIG{signal}: {}",
+            stderr(&output)
+        );
         assert!(stderr(&output).contains("stopped by a signal"));
         assert_eq!(files(dir.path()), Vec::<String>::new(), "SIG{signal}");
         held.rollback().await.unwrap();
@@ -235,15 +247,21 @@ async fn a_file_size_limit_fails_the_export_and_leaves_the_previous_file(pool: P
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{message}");
     assert!(
-        message.contains(&format!("export to {} failed, nothing written", out.display()))
-            && message.contains("File too large"),
+        message.contains(&format!(
+            "export to {} failed, nothing written",
+            out.display()
+        )) && message.contains("File too large"),
         "{message}"
     );
     assert_eq!(
         files(dir.path()),
         vec!["costs.csv".to_owned(), "costs.csv.manifest.json".to_owned()]
     );
-    assert_eq!(std::fs::read(&out).unwrap(), before, "the last good export stays");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the last good export stays"
+    );
     assert_eq!(
         std::fs::read(dir.path().join("costs.csv.manifest.json")).unwrap(),
         manifest_before

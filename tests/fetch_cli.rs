@@ -1,7 +1,9 @@
 //! `otp-reconcile fetch` on answers it cannot read: the binary against the simulator's
 //! faults, on loopback.
 
-use otp_reconcile::simulator::{DEMO_API_KEY, DEMO_API_SECRET, Fault, SimConfig, SimHandle, Simulator};
+use otp_reconcile::simulator::{
+    DEMO_API_KEY, DEMO_API_SECRET, Fault, SimConfig, SimHandle, Simulator,
+};
 use std::process::{Command, Output, Stdio};
 
 fn fetch(sim: &SimHandle, args: &[&str]) -> Command {
@@ -28,7 +30,11 @@ async fn output(mut cmd: Command) -> Output {
 async fn an_unreadable_record_is_printed_as_received_with_the_reason() {
     let sim = Simulator::start(SimConfig::new(5)).await.unwrap();
     sim.script(Some("v-bad"), [Fault::BadRecord]);
-    let out = output(fetch(&sim, &["--verification-id", "v-bad", "--attempts", "1"])).await;
+    let out = output(fetch(
+        &sim,
+        &["--verification-id", "v-bad", "--attempts", "1"],
+    ))
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty(), "no record on stdout");
@@ -39,7 +45,10 @@ async fn an_unreadable_record_is_printed_as_received_with_the_reason() {
     // The raw answer, with the field the simulator spoiled (this record, seed 5, has
     // no sms or call: its verification time), and the parse error naming it.
     assert!(stderr.contains("\"verificationId\":\"v-bad\""), "{stderr}");
-    assert!(stderr.contains("\"verifiedDate\":\"yesterday\""), "{stderr}");
+    assert!(
+        stderr.contains("\"verifiedDate\":\"yesterday\""),
+        "{stderr}"
+    );
     assert!(
         stderr.contains(
             "the provider did not answer with a readable record: unreadable answer: \
@@ -51,7 +60,11 @@ async fn an_unreadable_record_is_printed_as_received_with_the_reason() {
 
     // Not JSON at all, every attempt: the last answer is shown.
     sim.script(Some("v-html"), [Fault::Malformed, Fault::Malformed]);
-    let out = output(fetch(&sim, &["--verification-id", "v-html", "--attempts", "2"])).await;
+    let out = output(fetch(
+        &sim,
+        &["--verification-id", "v-html", "--attempts", "2"],
+    ))
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

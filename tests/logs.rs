@@ -45,7 +45,9 @@ async fn slow_statement_logs(pool: &PgPool, json: bool) -> String {
     let subscriber = otp_reconcile::telemetry::subscriber(json, Some("info"), captured.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
     let db = db::connect(&db_url(pool), 1).await.unwrap();
-    otp_reconcile::apps::add(&db, "app-logs", None).await.unwrap();
+    otp_reconcile::apps::add(&db, "app-logs", None)
+        .await
+        .unwrap();
     let slow = db::SLOW_STATEMENT.as_secs_f64() + 0.2;
     let (one, _): (i32, String) = sqlx::query_as(
         "SELECT 1 AS one, 'a secret-looking literal' AS words
@@ -70,8 +72,14 @@ async fn a_slow_statement_is_one_line_with_its_name_and_time_not_its_text(pool: 
     let lines: Vec<&str> = logs.lines().collect();
     assert_eq!(lines.len(), 1, "{logs}");
     let line = lines[0];
-    assert!(line.contains(" WARN slow statement statement=\"SELECT apps\""), "{line}");
-    assert!(!line.contains("pg_sleep") && !line.contains("secret-looking"), "{line}");
+    assert!(
+        line.contains(" WARN slow statement statement=\"SELECT apps\""),
+        "{line}"
+    );
+    assert!(
+        !line.contains("pg_sleep") && !line.contains("secret-looking"),
+        "{line}"
+    );
     let elapsed: f64 = line
         .split("elapsed_ms=")
         .nth(1)
@@ -79,7 +87,10 @@ async fn a_slow_statement_is_one_line_with_its_name_and_time_not_its_text(pool: 
         .unwrap()
         .parse()
         .unwrap();
-    assert!(elapsed >= db::SLOW_STATEMENT.as_secs_f64() * 1000.0, "{line}");
+    assert!(
+        elapsed >= db::SLOW_STATEMENT.as_secs_f64() * 1000.0,
+        "{line}"
+    );
     assert!(line.contains("rows_returned=1"), "{line}");
 
     let logs = slow_statement_logs(&pool, true).await;

@@ -117,7 +117,10 @@ fn the_rules_and_the_dashboard_name_only_metrics_the_job_pushes() {
     let mut named = BTreeSet::new();
     for (title, expr) in &exprs {
         let names = metric_names(expr);
-        assert!(!names.is_empty(), "{title}: {expr} names no metric of the job");
+        assert!(
+            !names.is_empty(),
+            "{title}: {expr} names no metric of the job"
+        );
         for name in names {
             assert!(
                 pushed.contains(&name),

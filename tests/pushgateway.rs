@@ -142,7 +142,9 @@ fn value(samples: &[Sample], name: &str, group: (&str, &str), extra: &[(&str, &s
             s.name == name
                 && s.labels["kind"] == group.0
                 && s.labels["shard"] == group.1
-                && extra.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v))
+                && extra
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v))
         })
         .collect();
     assert_eq!(found.len(), 1, "{name} {group:?} {extra:?}: {found:?}");
@@ -262,13 +264,21 @@ async fn a_pass_pushes_every_metric_and_label_to_a_real_pushgateway(pool: PgPool
     assert!(v("otp_reconcile_pass_duration_seconds") > 0.0);
     assert!(v("otp_reconcile_pass_db_statements") > 0.0);
     assert_eq!(
-        value(&samples, "otp_reconcile_pass_ended", group, &[("ended", "done")]),
+        value(
+            &samples,
+            "otp_reconcile_pass_ended",
+            group,
+            &[("ended", "done")]
+        ),
         1.0
     );
     let ended_at = v("otp_reconcile_pass_end_timestamp_seconds");
     assert_eq!(v("otp_reconcile_last_success_timestamp_seconds"), ended_at);
     let now = chrono::Utc::now().timestamp() as f64;
-    assert!(ended_at <= now + 1.0 && ended_at > now - 600.0, "{ended_at}");
+    assert!(
+        ended_at <= now + 1.0 && ended_at > now - 600.0,
+        "{ended_at}"
+    );
     // The queue after the pass.
     let state = |s: &str| value(&samples, "otp_reconcile_sends", group, &[("state", s)]);
     assert_eq!(state("settled"), 30.0);
@@ -306,7 +316,10 @@ async fn a_pass_pushes_every_metric_and_label_to_a_real_pushgateway(pool: PgPool
             &[("currency", &currency)],
         );
         let amount: f64 = amount.to_string().parse().unwrap();
-        assert!((pushed - amount).abs() < 1e-6, "{currency}: {pushed} vs {amount}");
+        assert!(
+            (pushed - amount).abs() < 1e-6,
+            "{currency}: {pushed} vs {amount}"
+        );
     }
 }
 
@@ -324,8 +337,18 @@ async fn a_failed_pass_keeps_the_last_success_and_shards_and_replays_keep_their_
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
     let samples = gateway.samples().await;
-    let claimed_0 = value(&samples, "otp_reconcile_pass_claimed", ("run", "0-of-2"), &[]);
-    let claimed_1 = value(&samples, "otp_reconcile_pass_claimed", ("run", "1-of-2"), &[]);
+    let claimed_0 = value(
+        &samples,
+        "otp_reconcile_pass_claimed",
+        ("run", "0-of-2"),
+        &[],
+    );
+    let claimed_1 = value(
+        &samples,
+        "otp_reconcile_pass_claimed",
+        ("run", "1-of-2"),
+        &[],
+    );
     assert_eq!(claimed_0 + claimed_1, 40.0, "each shard its own group");
     assert!(claimed_0 > 0.0 && claimed_1 > 0.0);
     let success_0 = value(
@@ -351,11 +374,21 @@ async fn a_failed_pass_keeps_the_last_success_and_shards_and_replays_keep_their_
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let samples = gateway.samples().await;
     assert_eq!(
-        value(&samples, "otp_reconcile_pass_claimed", ("replay", "all"), &[]),
+        value(
+            &samples,
+            "otp_reconcile_pass_claimed",
+            ("replay", "all"),
+            &[]
+        ),
         40.0
     );
     assert_eq!(
-        value(&samples, "otp_reconcile_pass_claimed", ("run", "0-of-2"), &[]),
+        value(
+            &samples,
+            "otp_reconcile_pass_claimed",
+            ("run", "0-of-2"),
+            &[]
+        ),
         claimed_0
     );
 
@@ -368,8 +401,13 @@ async fn a_failed_pass_keeps_the_last_success_and_shards_and_replays_keep_their_
         .rows_affected();
     assert_eq!(due, 40);
     let mut cmd = bin(&pool, &sim);
-    cmd.env("PROVIDER_API_SECRET", "wrong")
-        .args(["run", "--shard", "0/2", "--pushgateway", &gateway.url]);
+    cmd.env("PROVIDER_API_SECRET", "wrong").args([
+        "run",
+        "--shard",
+        "0/2",
+        "--pushgateway",
+        &gateway.url,
+    ]);
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let samples = gateway.samples().await;
@@ -387,7 +425,11 @@ async fn a_failed_pass_keeps_the_last_success_and_shards_and_replays_keep_their_
         .iter()
         .filter(|s| s.name == "otp_reconcile_pass_ended" && s.labels["shard"] == "0-of-2")
         .collect();
-    assert_eq!(ended.len(), 1, "the old `done` series is replaced: {ended:?}");
+    assert_eq!(
+        ended.len(),
+        1,
+        "the old `done` series is replaced: {ended:?}"
+    );
     assert_eq!(
         value(
             &samples,
@@ -397,7 +439,14 @@ async fn a_failed_pass_keeps_the_last_success_and_shards_and_replays_keep_their_
         ),
         success_0
     );
-    assert!(value(&samples, "otp_reconcile_pass_end_timestamp_seconds", group, &[]) >= success_0);
+    assert!(
+        value(
+            &samples,
+            "otp_reconcile_pass_end_timestamp_seconds",
+            group,
+            &[]
+        ) >= success_0
+    );
     assert!(value(&samples, "otp_reconcile_sends_due", group, &[]) > 0.0);
 }
 
@@ -442,7 +491,10 @@ async fn a_failed_push_is_logged_once_never_fails_the_pass_and_hides_credentials
         .unwrap();
     let mut cmd = bin(&pool, &sim);
     cmd.env("RUST_LOG", "debug")
-        .env("DATABASE_URL", with_password(&db_url(&pool), "db-pass-4471"))
+        .env(
+            "DATABASE_URL",
+            with_password(&db_url(&pool), "db-pass-4471"),
+        )
         .env(
             "PROVIDER_BASE_URL",
             with_password(&sim.base_url(), "prov-pass-9043"),

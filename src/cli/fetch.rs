@@ -65,7 +65,8 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<Exit> {
             if let Some(raw) = last {
                 eprint!("{}", shown_answer(&raw));
             }
-            return Err(anyhow::Error::from(failure).context("the provider did not answer with a readable record"));
+            return Err(anyhow::Error::from(failure)
+                .context("the provider did not answer with a readable record"));
         }
     };
     let out = serde_json::json!({ "record": fetched.record, "raw": fetched.raw_json() });

@@ -102,9 +102,13 @@ impl ProviderClient {
         };
         let body = serde_json::to_vec(&body).expect("request bodies serialize");
         let span = tracing::debug_span!("provider.request", endpoint = "record_by_order_id", app_id = %app_id, order_id = %order_id);
-        self.exchange(Method::POST, self.url(Endpoint::RecordByOrderId), Some(body))
-            .instrument(span)
-            .await
+        self.exchange(
+            Method::POST,
+            self.url(Endpoint::RecordByOrderId),
+            Some(body),
+        )
+        .instrument(span)
+        .await
     }
 
     /// `POST /otp/verification/orderId/record`.
@@ -246,7 +250,12 @@ pub struct RawAnswer {
 impl RawAnswer {
     /// Reads it as a record answer, exactly as the client's record calls do.
     pub fn read_record(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Fetched, Failure> {
-        record(outcome::classify(self.http, &self.headers, &self.body, now)?)
+        record(outcome::classify(
+            self.http,
+            &self.headers,
+            &self.body,
+            now,
+        )?)
     }
 }
 
