@@ -518,6 +518,22 @@ async fn a_failed_push_is_logged_once_never_fails_the_pass_and_hides_credentials
         5.0
     );
 
+    // A provider URL refused by the configuration check is named without its password.
+    let mut cmd = bin(&pool, &sim);
+    cmd.env(
+        "PROVIDER_BASE_URL",
+        "http://someone:prov-pass-9043@provider.example/",
+    )
+    .arg("run");
+    let out = output(cmd).await;
+    let logs = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{logs}");
+    assert!(
+        logs.contains("http://someone:***@provider.example/"),
+        "{logs}"
+    );
+    assert!(!logs.contains("prov-pass-9043"), "{logs}");
+
     // A provider that cannot be reached: the error kept for the send (and shown by
     // `status` and the logs) names the URL, without the password (reqwest moves the
     // credentials to a header; `redact::reqwest_error` would mask any left).
