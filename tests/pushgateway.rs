@@ -45,8 +45,11 @@ fn pushgateway_bin() -> String {
 }
 
 impl Pushgateway {
-    /// Starts one on a free ephemeral port and waits until it answers `/-/ready`. If
-    /// another process took the port first, it tries again on another.
+    /// Starts one on a free ephemeral port and waits until it answers `/-/ready`. Its
+    /// routes sit under a random prefix, so a readiness answer can only come from this
+    /// one (not from another test's gateway that took the same port first, in which
+    /// case this one exits and another port is tried). The job pushes below that prefix
+    /// as to any gateway URL with a path. It keeps nothing on disk.
     async fn start() -> Self {
         let bin = pushgateway_bin();
         for _ in 0..5 {
@@ -55,14 +58,19 @@ impl Pushgateway {
                 .local_addr()
                 .unwrap()
                 .port();
+            let prefix = uuid::Uuid::new_v4().simple().to_string();
             let mut child = Command::new(&bin)
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg(format!("--web.route-prefix=/{prefix}"))
+                // In memory only: Debian's build defaults to a shared file in
+                // /var/lib/prometheus, which would carry groups from run to run.
+                .arg("--persistence.file=")
                 .arg("--log.level=error")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-            let url = format!("http://127.0.0.1:{port}");
+            let url = format!("http://127.0.0.1:{port}/{prefix}");
             let client = reqwest::Client::new();
             let started = Instant::now();
             loop {
@@ -209,6 +217,7 @@ async fn a_pass_pushes_every_metric_and_label_to_a_real_pushgateway(pool: PgPool
     sends_now(&pool, 30, "push").await;
     let sim = simulator().await;
     let gateway = Pushgateway::start().await;
+    assert_eq!(gateway.samples().await, Vec::new(), "a fresh gateway");
     let mut cmd = bin(&pool, &sim);
     cmd.args(["run", "--pushgateway", &gateway.url]);
     let out = output(cmd).await;
@@ -234,7 +243,7 @@ async fn a_pass_pushes_every_metric_and_label_to_a_real_pushgateway(pool: PgPool
         assert_eq!(keys, allowed, "labels of {s:?}");
         if s.name.starts_with("otp_reconcile_") {
             assert_eq!(s.labels["kind"], "run");
-            assert_eq!(s.labels["shard"], "all");
+            assert_eq!(s.labels["shard"], "all", "{s:?} of {}", gateway.url);
         }
     }
     // The Pushgateway's own per-group series, and nothing but ours besides.
