@@ -147,7 +147,14 @@ async fn every_demo_run_ends_without_a_warning(pool: PgPool) {
         let out = output(cmd).await;
         let logs = stderr(&out);
         assert_eq!(out.status.code(), Some(0), "run {run}: {logs}");
-        assert!(!logs.contains("WARN"), "run {run}: {logs}");
+        // No warning, save a statement slower than the threshold: that one says the
+        // machine is loaded (a busy test machine can make a batch write take over a
+        // second), not that the demo did something its user cannot fix.
+        let warnings: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("WARN") && !l.contains(" WARN slow statement statement="))
+            .collect();
+        assert!(warnings.is_empty(), "run {run}: {warnings:?}\n{logs}");
         assert!(!logs.contains("already exists"), "run {run}: {logs}");
         assert!(logs.contains("imported 600 sends"), "run {run}: {logs}");
         if run == 1 {
