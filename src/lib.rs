@@ -28,3 +28,4 @@ pub mod simulator;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod zone;
