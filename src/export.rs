@@ -1,13 +1,15 @@
-//! The finance export: attempts (or a daily summary of them) for a range of sent_at, as
-//! CSV streamed from PostgreSQL to the writer, row by row: memory does not grow with
-//! the number of rows.
+//! The finance export: attempts (or a daily or monthly summary of them) for a range of
+//! sent_at, as CSV streamed from PostgreSQL to the writer, row by row: memory does not
+//! grow with the number of rows.
 //!
 //! Money is written exactly as stored (PostgreSQL's `numeric` text: no float, no
-//! exponent, no rounding). Times are RFC 3339 in UTC. A text cell that a spreadsheet
-//! would read as a formula (starting with `=`, `+`, `-`, `@`, tab or CR) gets a leading
-//! `'`; numeric columns stay plain numbers.
+//! exponent, no rounding). Times are RFC 3339 in UTC; the zone (`--timezone`) decides
+//! only how dates are read and where a summary's days and months start. A text cell that
+//! a spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, tab or CR)
+//! gets a leading `'`; numeric columns stay plain numbers.
 
 use crate::db::{Db, DbError};
+use crate::zone::Zone;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
@@ -26,7 +28,10 @@ pub enum Level {
     /// One row per attempt.
     Attempt,
     /// One row per (day, app_id, mcc, channel, settle_currency).
+    #[value(alias = "day")]
     Summary,
+    /// One row per (month, app_id, mcc, channel, settle_currency): the days summed.
+    Month,
 }
 
 impl Level {
@@ -35,6 +40,16 @@ impl Level {
         match self {
             Level::Attempt => ATTEMPT_COLUMNS,
             Level::Summary => SUMMARY_COLUMNS,
+            Level::Month => MONTH_COLUMNS,
+        }
+    }
+
+    /// The summary's period as PostgreSQL's `date_trunc` names it; none for attempts.
+    fn period(self) -> Option<&'static str> {
+        match self {
+            Level::Attempt => None,
+            Level::Summary => Some("day"),
+            Level::Month => Some("month"),
         }
     }
 }
@@ -49,6 +64,8 @@ pub struct Query {
     /// Only these apps; all when empty.
     pub app_ids: Vec<String>,
     pub level: Level,
+    /// Where the summary's days and months start (the bounds are already instants).
+    pub timezone: Zone,
 }
 
 /// The attempt level's columns, in order.
@@ -78,6 +95,20 @@ pub const ATTEMPT_COLUMNS: &[&str] = &[
 /// The summary level's columns, in order.
 pub const SUMMARY_COLUMNS: &[&str] = &[
     "day",
+    "app_id",
+    "mcc",
+    "channel",
+    "settle_currency",
+    "sends",
+    "attempts",
+    "units",
+    "amount",
+    "settle_amount",
+];
+
+/// The month level's columns, in order: the summary's, by month (`2026-11`).
+pub const MONTH_COLUMNS: &[&str] = &[
+    "month",
     "app_id",
     "mcc",
     "channel",
@@ -165,8 +196,11 @@ const ATTEMPTS_SQL: &str = "
     WHERE s.sent_at >= $1 AND s.sent_at < $2 AND (cardinality($3::text[]) = 0 OR s.app_id = ANY($3))
     ORDER BY s.sent_at, s.id, a.channel, a.position";
 
+// The period ($4: 'day' or 'month') of sent_at in the zone: the local time `AT TIME
+// ZONE` an IANA name ($5), plus a fixed offset in seconds east of UTC ($6; 0 for a name).
 const SUMMARY_SQL: &str = "
-    SELECT (s.sent_at AT TIME ZONE 'UTC')::date AS day, s.app_id, a.mcc, a.channel, a.settle_currency,
+    SELECT date_trunc($4, (s.sent_at AT TIME ZONE $5) + $6::integer * interval '1 second')::date AS period,
+           s.app_id, a.mcc, a.channel, a.settle_currency,
            count(DISTINCT s.id) AS sends, count(*) AS attempts,
            sum(CASE a.channel WHEN 'sms' THEN a.charge_count WHEN 'call' THEN a.charged_duration END)::bigint AS units,
            sum(a.amount)::text AS amount, sum(a.settle_pay)::text AS settle_amount
@@ -175,6 +209,21 @@ const SUMMARY_SQL: &str = "
     WHERE s.sent_at >= $1 AND s.sent_at < $2 AND (cardinality($3::text[]) = 0 OR s.app_id = ANY($3))
     GROUP BY 1, 2, 3, 4, 5
     ORDER BY 1, 2, 3 NULLS FIRST, 4, 5 NULLS FIRST";
+
+/// Whether PostgreSQL knows the time zone `name` (its tz data may differ from ours).
+pub async fn zone_known(db: &Db, name: &str) -> Result<bool, ExportError> {
+    db.counted(1);
+    match sqlx::query("SELECT now() AT TIME ZONE $1")
+        .bind(name)
+        .execute(db.pool())
+        .await
+    {
+        Ok(_) => Ok(true),
+        // invalid_parameter_value: "time zone ... not recognized".
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("22023") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Streams the export to `out`; answers the totals and the SHA-256 of the bytes.
 pub async fn write_csv(
@@ -190,22 +239,29 @@ pub async fn write_csv(
     let columns = query.level.columns();
     let sql = match query.level {
         Level::Attempt => ATTEMPTS_SQL,
-        Level::Summary => SUMMARY_SQL,
+        Level::Summary | Level::Month => SUMMARY_SQL,
     };
     let total_columns = TotalColumns::of(query.level);
     writer.write_record(columns)?;
     db.counted(1);
-    let mut rows = sqlx::query(sql)
+    let mut statement = sqlx::query(sql)
         .bind(query.from)
         .bind(query.to)
-        .bind(&query.app_ids)
-        .fetch(db.pool());
+        .bind(&query.app_ids);
+    if let Some(period) = query.level.period() {
+        statement = statement
+            .bind(period)
+            .bind(query.timezone.sql_name())
+            .bind(query.timezone.sql_offset_seconds());
+    }
+    let mut rows = statement.fetch(db.pool());
     let mut record: Vec<String> = Vec::with_capacity(columns.len());
     while let Some(row) = rows.try_next().await? {
         record.clear();
         match query.level {
             Level::Attempt => attempt_cells(&row, &mut record)?,
-            Level::Summary => summary_cells(&row, &mut record)?,
+            Level::Summary => summary_cells(&row, "%Y-%m-%d", &mut record)?,
+            Level::Month => summary_cells(&row, "%Y-%m", &mut record)?,
         }
         total_columns.add(&mut totals, &record)?;
         writer.write_record(&record)?;
@@ -373,8 +429,17 @@ fn attempt_cells(row: &sqlx::postgres::PgRow, out: &mut Vec<String>) -> Result<(
     Ok(())
 }
 
-fn summary_cells(row: &sqlx::postgres::PgRow, out: &mut Vec<String>) -> Result<(), sqlx::Error> {
-    out.push(row.try_get::<NaiveDate, _>("day")?.to_string());
+/// A summary row; its period (the first day of it in the zone) written as `period`.
+fn summary_cells(
+    row: &sqlx::postgres::PgRow,
+    period: &str,
+    out: &mut Vec<String>,
+) -> Result<(), sqlx::Error> {
+    out.push(
+        row.try_get::<NaiveDate, _>("period")?
+            .format(period)
+            .to_string(),
+    );
     out.push(text(row.try_get("app_id")?));
     out.push(number(row.try_get::<Option<i64>, _>("mcc")?));
     out.push(text(row.try_get("channel")?));
@@ -409,7 +474,7 @@ impl TotalColumns {
                 .columns()
                 .iter()
                 .position(|c| *c == name)
-                .expect("both levels have the total columns")
+                .expect("every level has the total columns")
         };
         Self {
             amount: at("amount"),
@@ -464,19 +529,45 @@ fn time(value: Option<DateTime<Utc>>) -> String {
         .unwrap_or_default()
 }
 
-/// Parses `--from`/`--to`: a UTC date (`2026-11-01`, midnight), `today` or `yesterday`
-/// (UTC midnights, for a scheduled export), or an RFC 3339 time.
-pub fn parse_bound(s: &str) -> Result<DateTime<Utc>, String> {
-    let today = Utc::now().date_naive();
-    let day = match s.trim() {
-        "today" => Some(today),
-        "yesterday" => today.pred_opt(),
-        other => NaiveDate::from_str(other).ok(),
-    };
-    if let Some(day) = day {
-        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+/// `--from`/`--to` as given: a day, `today`, `yesterday`, or an instant. A day becomes
+/// an instant only with the zone it is read in ([`Bound::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Day(NaiveDate),
+    Today,
+    Yesterday,
+    Instant(DateTime<Utc>),
+}
+
+impl Bound {
+    /// The instant: a day's first instant in `zone` (`today` and `yesterday` are days in
+    /// `zone` at `now`); a time with an explicit offset keeps its own.
+    pub fn resolve(self, zone: &Zone, now: DateTime<Utc>) -> DateTime<Utc> {
+        let today = zone.date_of(now);
+        let day = match self {
+            Bound::Instant(t) => return t,
+            Bound::Day(day) => day,
+            Bound::Today => today,
+            Bound::Yesterday => today.pred_opt().unwrap_or(today),
+        };
+        zone.start_of_day(day)
+    }
+}
+
+/// Parses `--from`/`--to`: a date (`2026-11-01`, its midnight), `today` or `yesterday`
+/// (for a scheduled export), or an RFC 3339 time with its offset.
+pub fn parse_bound(s: &str) -> Result<Bound, String> {
+    match s.trim() {
+        "today" => return Ok(Bound::Today),
+        "yesterday" => return Ok(Bound::Yesterday),
+        other => {
+            if let Ok(day) = NaiveDate::from_str(other) {
+                return Ok(Bound::Day(day));
+            }
+        }
     }
     crate::record::parse_time(s.trim())
+        .map(Bound::Instant)
         .map_err(|e| format!("{s:?}: expected a date like 2026-11-01 or an RFC 3339 time ({e})"))
 }
 
@@ -503,30 +594,50 @@ mod tests {
 
     #[test]
     fn bounds_are_dates_or_times_in_utc() {
+        let utc = Zone::default();
+        let now = Utc::now();
+        let read = |s: &str| parse_bound(s).unwrap().resolve(&utc, now);
+        assert_eq!(read("2026-11-01").to_rfc3339(), "2026-11-01T00:00:00+00:00");
         assert_eq!(
-            parse_bound("2026-11-01").unwrap().to_rfc3339(),
-            "2026-11-01T00:00:00+00:00"
-        );
-        assert_eq!(
-            parse_bound("2026-11-01T08:00:00+08:00")
-                .unwrap()
-                .to_rfc3339(),
+            read("2026-11-01T08:00:00+08:00").to_rfc3339(),
             "2026-11-01T00:00:00+00:00"
         );
         assert!(parse_bound("last week").is_err());
-        let today = parse_bound("today").unwrap();
+        let today = read("today");
         assert_eq!(
             today,
-            Utc::now()
-                .date_naive()
-                .and_hms_opt(0, 0, 0)
-                .unwrap()
-                .and_utc()
+            now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc()
         );
-        assert_eq!(
-            parse_bound("yesterday").unwrap(),
-            today - chrono::Duration::days(1)
-        );
+        assert_eq!(read("yesterday"), today - chrono::Duration::days(1));
+    }
+
+    #[test]
+    fn bounds_are_read_in_the_zone_unless_they_carry_an_offset() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let plus8: Zone = "+08:00".parse().unwrap();
+        let shanghai: Zone = "Asia/Shanghai".parse().unwrap();
+        let new_york: Zone = "America/New_York".parse().unwrap();
+        // 17:00Z on the 26th is already the 27th at +08:00, and still the 26th in New York.
+        let now = at("2026-11-26T17:00:00Z");
+        let read = |s: &str, zone: &Zone| parse_bound(s).unwrap().resolve(zone, now);
+        for zone in [&plus8, &shanghai] {
+            assert_eq!(read("2026-11-27", zone), at("2026-11-26T16:00:00Z"));
+            assert_eq!(read("today", zone), at("2026-11-26T16:00:00Z"));
+            assert_eq!(read("yesterday", zone), at("2026-11-25T16:00:00Z"));
+            assert_eq!(
+                read("2026-11-27T08:00:00Z", zone),
+                at("2026-11-27T08:00:00Z")
+            );
+            assert_eq!(
+                read("2026-11-27T08:00:00-05:00", zone),
+                at("2026-11-27T13:00:00Z")
+            );
+        }
+        assert_eq!(read("today", &new_york), at("2026-11-26T05:00:00Z"));
+        assert_eq!(read("yesterday", &new_york), at("2026-11-25T05:00:00Z"));
+        // Across the change from daylight saving time: midnight is -04:00, then -05:00.
+        assert_eq!(read("2026-11-01", &new_york), at("2026-11-01T04:00:00Z"));
+        assert_eq!(read("2026-11-02", &new_york), at("2026-11-02T05:00:00Z"));
     }
 
     #[test]

@@ -29,3 +29,4 @@ pub mod simulator;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod zone;

@@ -119,6 +119,7 @@ async fn the_export_adds_up_to_the_database_and_its_summary_to_its_attempts(pool
         to,
         app_ids: vec![],
         level,
+        timezone: otp_reconcile::zone::Zone::default(),
     };
     let mut attempts_csv = Vec::new();
     export::write_csv(&db, &query(Level::Attempt), &mut attempts_csv)

@@ -37,7 +37,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Load sends or conversions from CSV.
     Import(import::ImportArgs),
-    /// Finance export: attempts, or a daily summary, for a range, as CSV.
+    /// Finance export: attempts, or a daily or monthly summary, for a range, as CSV.
     Export(report::ExportArgs),
     /// Re-fetch every send in a range and report what the provider changed.
     Replay(report::ReplayArgs),

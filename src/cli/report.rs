@@ -9,11 +9,12 @@ use crate::clock;
 use crate::config::ConfigError;
 use crate::db::DbError;
 use crate::exit::Exit;
-use crate::export::{self, Level, Query};
+use crate::export::{self, Bound, Level, Query};
 use crate::pass::{self, Deps};
 use crate::progress::Progress;
 use crate::sends::{self, Range};
 use crate::status;
+use crate::zone::Zone;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use std::io::Write;
@@ -22,29 +23,37 @@ use std::path::PathBuf;
 /// The range of sent_at both commands take.
 #[derive(Debug, Clone, Args)]
 pub struct RangeArgs {
-    /// The first day (UTC) or time of sent_at included, e.g. 2026-11-01.
+    /// The first day (UTC; export: in --timezone) or time of sent_at included, e.g. 2026-11-01.
     #[arg(long, value_parser = export::parse_bound)]
-    pub from: DateTime<Utc>,
-    /// The first day (UTC) or time of sent_at excluded, e.g. 2026-12-01.
+    pub from: Bound,
+    /// The first day (UTC; export: in --timezone) or time of sent_at excluded, e.g. 2026-12-01.
     #[arg(long, value_parser = export::parse_bound)]
-    pub to: DateTime<Utc>,
+    pub to: Bound,
     /// Only this app (repeatable).
     #[arg(long = "app-id")]
     pub app_ids: Vec<String>,
 }
 
 impl RangeArgs {
+    /// The range, its days read in UTC.
     fn range(&self) -> Result<Range, ConfigError> {
-        if self.from >= self.to {
+        self.range_in(&Zone::default())
+    }
+
+    /// The range, its days (and `today`, `yesterday`) read in `zone`.
+    fn range_in(&self, zone: &Zone) -> Result<Range, ConfigError> {
+        let now = Utc::now();
+        let (from, to) = (self.from.resolve(zone, now), self.to.resolve(zone, now));
+        if from >= to {
             return Err(ConfigError::Invalid(format!(
                 "--from {} is not before --to {}",
-                self.from.to_rfc3339(),
-                self.to.to_rfc3339()
+                from.to_rfc3339(),
+                to.to_rfc3339()
             )));
         }
         Ok(Range {
-            from: self.from,
-            to: self.to,
+            from,
+            to,
             app_ids: self.app_ids.clone(),
         })
     }
@@ -56,26 +65,42 @@ pub struct ExportArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub range: RangeArgs,
-    /// One row per attempt, or a summary per day, app, mcc, channel and currency.
+    /// One row per attempt, or a summary per day (or month), app, mcc, channel, currency.
     #[arg(long, value_enum, default_value = "attempt")]
     pub level: Level,
+    /// The zone dates are read in and days and months start in: an IANA name
+    /// (Asia/Shanghai) or a UTC offset (+08:00). Times in the rows stay UTC.
+    #[arg(
+        long,
+        env = "EXPORT_TIMEZONE",
+        default_value = "UTC",
+        value_parser = parse_zone,
+        allow_hyphen_values = true
+    )]
+    pub timezone: Zone,
     /// Write here (through a temporary file renamed on success, with FILE.manifest.json)
     /// instead of standard output. `{from}` and `{to}` in the name become the dates.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
+fn parse_zone(s: &str) -> Result<Zone, String> {
+    s.parse().map_err(|e: crate::zone::ZoneError| e.to_string())
+}
+
 pub async fn export(args: ExportArgs) -> anyhow::Result<Exit> {
-    let range = args.range.range()?;
+    let zone = args.timezone;
+    let range = args.range.range_in(&zone)?;
     let query = Query {
         from: range.from,
         to: range.to,
         app_ids: range.app_ids,
         level: args.level,
+        timezone: zone,
     };
     let out = args.out.as_ref().map(|path| {
         let name = path.to_string_lossy();
-        let date = |t: DateTime<Utc>| t.date_naive().to_string();
+        let date = |t: DateTime<Utc>| zone.date_of(t).to_string();
         PathBuf::from(
             name.replace("{from}", &date(query.from))
                 .replace("{to}", &date(query.to)),
@@ -91,6 +116,12 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<Exit> {
     let _file_size_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ));
     let db = args.db.connect_checked().await?;
+    if !export::zone_known(&db, zone.sql_name()).await? {
+        return Err(ConfigError::Invalid(format!(
+            "--timezone {zone}: this PostgreSQL does not know that zone (its time zone data is older?)"
+        ))
+        .into());
+    }
     // SIGTERM or SIGINT drops the export: its temporary files go with it.
     // Biased: the signal handlers are in place before the export creates any file.
     tokio::select! {
