@@ -121,7 +121,7 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
     if plan.dry_run {
         removed = would_remove(db, plan).await?;
     } else {
-        let mut cursor = DateTime::<Utc>::MIN_UTC;
+        let mut cursor = earliest();
         loop {
             let (batch, last) = remove_sends(db, plan, cursor).await?;
             if batch.sends == 0 {
@@ -164,6 +164,11 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
             0.0
         },
     })
+}
+
+/// Before any send (the batches' first cursor).
+fn earliest() -> DateTime<Utc> {
+    DateTime::from_timestamp(-2_208_988_800, 0).unwrap_or_default() // 1900-01-01
 }
 
 fn add(total: &mut Removed, batch: &Removed) {
@@ -297,7 +302,7 @@ async fn would_remove(db: &Db, plan: &Plan) -> Result<Removed, sqlx::Error> {
                  WHERE c.state IN ('sent', 'rejected')) AS conversions",
     ))
     .bind(plan.before)
-    .bind(DateTime::<Utc>::MIN_UTC)
+    .bind(earliest())
     .fetch_one(db.pool())
     .await?;
     // Conversions without a send that goes or stays: those whose send is gone already.

@@ -11,6 +11,7 @@ use otp_reconcile::apps;
 use otp_reconcile::conversions::{self, Kind, NewConversion};
 use otp_reconcile::db::Db;
 use otp_reconcile::pass::{Ended, PassSettings};
+use otp_reconcile::prune::{self, Plan};
 use otp_reconcile::rates::{self, Rules, Window};
 use otp_reconcile::sends::NewSend;
 use otp_reconcile::simulator::{
@@ -578,4 +579,244 @@ async fn every_posted_rate_equals_the_final_truth_under_faults_and_a_kill(pool: 
     .await
     .unwrap();
     assert_eq!(changed, 0);
+}
+
+/// History for prune: `n` sends a day for the three days before `cut` and one day after
+/// it, with records, attempts, a revision each tenth, OTP conversions for a third, SMS
+/// conversions, and every hourly window posted. Answers the sends older than `cut`.
+async fn history_for_prune(pool: &PgPool, cut: DateTime<Utc>, n: i64) -> i64 {
+    sqlx::query(
+        "INSERT INTO passes (kind, owner, started_at, parameters) VALUES ('replay', 't', now(), '{}')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "WITH g AS (SELECT g, $1::timestamptz - interval '3 days'
+                              + (interval '4 days') * (g - 1) / ($2 * 4) AS sent_at
+                    FROM generate_series(1, $2 * 4) AS g)
+         INSERT INTO sends (app_id, verification_id, sent_at, state, next_check_at)
+         SELECT $3, 'p' || g, sent_at, 'settled', sent_at FROM g",
+    )
+    .bind(cut)
+    .bind(n)
+    .bind(APP)
+    .execute(pool)
+    .await
+    .unwrap();
+    for sql in [
+        "INSERT INTO records (send_id, mcc, still_sending, raw, first_stored_at, changed_at)
+         SELECT id, 404 + id % 3, false, '{\"a\":1}', now(), now() FROM sends",
+        "INSERT INTO attempts (send_id, channel, position, mcc, amount)
+         SELECT id, c, 1, 404 + id % 3, 0.035 FROM sends, unnest(ARRAY['sms', 'call']) AS c",
+        "INSERT INTO record_revisions (pass_id, send_id, revised_at, old_attempts)
+         SELECT (SELECT min(id) FROM passes), id, now(), '[]' FROM sends WHERE id % 10 = 0",
+        "INSERT INTO conversions (kind, app_id, message_id, converted_at, state)
+         SELECT 'otp', app_id, verification_id, sent_at + interval '1 minute', 'sent'
+         FROM sends WHERE id % 3 = 0 OR id = (SELECT min(id) + 104 FROM sends)",
+        "INSERT INTO conversions (kind, app_id, message_id, converted_at, state)
+         SELECT 'sms', app_id, 'sms-' || id, sent_at, 'sent' FROM sends WHERE id % 7 = 0",
+        "INSERT INTO conversion_rates (app_id, mcc, window_start, window_length, converted, sent,
+                                       computed_at, state, posted_converted, posted_sent, posted_at)
+         SELECT s.app_id, r.mcc, date_bin('1 hour', s.sent_at, TIMESTAMPTZ '2000-01-01'),
+                interval '1 hour', 0, count(*), now(), 'sent', 0, count(*), now()
+         FROM sends s JOIN records r ON r.send_id = s.id GROUP BY 1, 2, 3",
+        "DELETE FROM rate_dirty",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await.unwrap();
+    }
+    sqlx::query_scalar("SELECT count(*) FROM sends WHERE sent_at < $1")
+        .bind(cut)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn count(pool: &PgPool, sql: &str, cut: DateTime<Utc>) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(cut)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn prune_removes_only_final_history_and_says_what_it_kept(pool: PgPool) {
+    let _db = db_with_app(&pool).await;
+    let db = Db::new(pool.clone());
+    let cut = at("2026-11-20T00:00:00Z");
+    let old = history_for_prune(&pool, cut, 300).await;
+    assert_eq!(old, 900);
+    // What must stay, older than the cut: a send not final, one leased by a replay, the
+    // sends of an hour whose window is not posted, those of an hour still marked, and a
+    // send whose OTP conversion is not posted back (in doubt); an SMS conversion pending.
+    let first: i64 = count(&pool, "SELECT min(id) FROM sends WHERE $1 IS NOT NULL", cut).await;
+    for sql in [
+        "UPDATE sends SET state = 'recheck' WHERE id = $1",
+        "UPDATE sends SET lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 hour'
+         WHERE id = $1 + 1",
+        "UPDATE conversions SET state = 'pending', in_doubt = true
+         WHERE message_id = 'p' || ($1 + 102) AND kind = 'otp'",
+        "UPDATE conversion_rates SET state = 'pending'
+         WHERE window_start = date_bin('1 hour', (SELECT sent_at FROM sends WHERE id = $1 + 500),
+                                       TIMESTAMPTZ '2000-01-01') AND mcc = 404",
+        "INSERT INTO rate_dirty (app_id, hour)
+         SELECT app_id, date_bin('1 hour', sent_at, TIMESTAMPTZ '2000-01-01') FROM sends WHERE id = $1 + 700",
+        "INSERT INTO conversions (kind, app_id, message_id, converted_at)
+         VALUES ('sms', 'app-test', 'sms-pending-' || $1, '2026-11-01')",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(first + 2)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // The sends of the blocked windows: the pending window's hour, the marked hour, and
+    // the hour of the send made recheck (its state change marked it: not final).
+    let in_hour = |offset: i64| {
+        format!(
+            "SELECT count(*) FROM sends WHERE sent_at < $1 AND date_bin('1 hour', sent_at, TIMESTAMPTZ '2000-01-01')
+               = (SELECT date_bin('1 hour', sent_at, TIMESTAMPTZ '2000-01-01') FROM sends WHERE id = {})",
+            first + 2 + offset
+        )
+    };
+    let blocked = count(&pool, &in_hour(500), cut).await + count(&pool, &in_hour(700), cut).await
+        + count(&pool, &in_hour(0), cut).await
+        - 2;
+    assert!(blocked > 10);
+    let before = |table: &str, column: &str| format!("SELECT count(*) FROM {table} WHERE {column} < $1");
+    let expected_sends = old - 3 - blocked;
+
+    let plan = Plan {
+        before: cut,
+        batch: 37,
+        dry_run: true,
+    };
+    let dry = prune::run(&db, &plan).await.unwrap();
+    assert_eq!(count(&pool, &before("sends", "sent_at"), cut).await, old, "a dry run removes nothing");
+    let report = prune::run(&db, &Plan { dry_run: false, ..plan }).await.unwrap();
+    assert_eq!(dry.removed, report.removed, "the dry run counts what the run removes");
+    assert_eq!(report.removed.sends, expected_sends as u64);
+    assert_eq!(report.removed.records, expected_sends as u64);
+    assert_eq!(report.removed.attempts, 2 * expected_sends as u64);
+    assert!(report.batches >= (expected_sends as u64).div_ceil(37));
+    assert!(report.removed.record_revisions > 0 && report.removed.conversions > 0);
+    assert!(report.removed.conversion_rates > 0);
+    let k = report.kept;
+    assert_eq!(k.sends_not_final, 1);
+    assert_eq!(k.sends_leased, 1);
+    assert_eq!(k.sends_window_not_posted, blocked);
+    assert_eq!(k.sends_conversion_pending, 1);
+    assert_eq!(k.sends_busy, 0);
+    assert_eq!(k.conversions_pending, 2);
+    assert_eq!(k.conversions_in_doubt, 1);
+    assert_eq!(k.conversion_rates_not_posted, 1);
+
+    // What stays older than the cut is exactly what was kept; nothing after it went.
+    assert_eq!(count(&pool, &before("sends", "sent_at"), cut).await, 3 + blocked);
+    let orphans = count(
+        &pool,
+        "SELECT count(*) FROM records r WHERE NOT EXISTS (SELECT 1 FROM sends s WHERE s.id = r.send_id)
+           AND $1 IS NOT NULL",
+        cut,
+    )
+    .await;
+    assert_eq!(orphans, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM sends WHERE sent_at >= $1", cut).await, 300);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM attempts a JOIN sends s ON s.id = a.send_id WHERE s.sent_at >= $1", cut).await,
+        600
+    );
+    let rates_after: i64 = count(
+        &pool,
+        "SELECT count(*) FROM conversion_rates WHERE window_start >= $1",
+        cut,
+    )
+    .await;
+    assert!(rates_after > 0);
+    // A second prune finds nothing more to remove.
+    let again = prune::run(&db, &Plan { dry_run: false, ..plan }).await.unwrap();
+    assert_eq!(again.removed, prune::Removed::default());
+}
+
+#[sqlx::test]
+async fn prune_while_a_pass_runs_loses_nothing(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    let cut = Utc::now() - TimeDelta::days(8);
+    let old = history_for_prune(&pool, cut, 2_000).await;
+    // Sends due now, beside the history.
+    insert_sends(&db, &new_sends(400, "due")).await;
+    let sim = simulator(0.0, 1, Faults { latency_ms: 1, ..Faults::default() }).await;
+    let client = client(&sim, Duration::from_secs(2));
+    let settings = PassSettings {
+        batch_size: 50,
+        write_batch: 50,
+        ..quick_settings(8)
+    };
+    let plan = Plan {
+        before: cut,
+        batch: 500,
+        dry_run: false,
+    };
+    let (summary, report) = tokio::join!(run_pass(&db, &client, &settings), async {
+        prune::run(&db, &plan).await.unwrap()
+    });
+    assert_eq!(summary.ended, Ended::Done);
+    assert_eq!(summary.claimed, 400);
+    assert_eq!(report.removed.sends, old as u64);
+    let due = count(
+        &pool,
+        "SELECT count(*) FROM sends s JOIN records r ON r.send_id = s.id
+         WHERE s.verification_id LIKE 'due-%' AND s.state = 'settled' AND s.lease_token IS NULL
+           AND $1 IS NOT NULL",
+        cut,
+    )
+    .await;
+    let by_order = count(
+        &pool,
+        "SELECT count(*) FROM sends s WHERE s.order_id LIKE 'due-%' AND s.state = 'settled' AND $1 IS NOT NULL",
+        cut,
+    )
+    .await;
+    assert_eq!(due + by_order, 400, "every send of the pass settled and stored");
+    assert_eq!(count(&pool, "SELECT count(*) FROM sends WHERE sent_at < $1", cut).await, 0);
+}
+
+#[sqlx::test]
+async fn status_counts_what_is_not_final_and_estimates_the_history(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    let cut = Utc::now() - TimeDelta::days(8);
+    history_for_prune(&pool, cut, 500).await;
+    sqlx::query("UPDATE sends SET state = 'rejected' WHERE id % 4 = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    insert_sends(&db, &new_sends(9, "open")).await;
+    sqlx::query("ANALYZE sends").execute(&pool).await.unwrap();
+    let status = otp_reconcile::status::read(&db, Utc::now(), 5).await.unwrap();
+    let pending: i64 = status
+        .sends
+        .iter()
+        .filter(|d| d.state == "pending")
+        .map(|d| d.sends)
+        .sum();
+    assert_eq!(pending, 9);
+    assert!(status.sends.iter().all(|d| d.state == "pending" || d.state == "recheck"));
+    // ANALYZE of a table this small reads every row: the estimate is the count.
+    let estimate: BTreeMap<String, i64> = status
+        .final_sends_estimate
+        .iter()
+        .map(|e| (e.state.clone(), e.sends_estimate))
+        .collect();
+    let exact: BTreeMap<String, i64> = sqlx::query_as(
+        "SELECT state, count(*) FROM sends WHERE state IN ('settled', 'rejected') GROUP BY state",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(estimate, exact);
+    assert!(status.estimated_as_of.is_some());
+    assert!(status.render().contains("estimated from the planner's statistics"));
 }
