@@ -13,9 +13,10 @@ use clap::Args;
 pub struct PruneArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// Remove what is older than this day (UTC) or time: sends by sent_at, conversions
-    /// by converted_at, rate windows by their end. Must be in the past.
-    #[arg(long, env = "PRUNE_BEFORE", value_parser = export::parse_bound)]
+    /// Remove what is older than this day (UTC) or time, or than this long ago at
+    /// midnight UTC (e.g. 90d): sends by sent_at, conversions by converted_at, rate
+    /// windows by their end. Must be in the past.
+    #[arg(long, env = "PRUNE_BEFORE", value_parser = parse_before)]
     pub before: DateTime<Utc>,
     /// Count what would be removed and what kept; remove nothing.
     #[arg(long)]
@@ -26,6 +27,22 @@ pub struct PruneArgs {
     /// The report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A day or time ([`export::parse_bound`]), or a duration ago, at midnight UTC.
+fn parse_before(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = export::parse_bound(s) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(s.trim()).map_err(|_| {
+        format!("{s:?}: expected a date like 2026-08-01, an RFC 3339 time, or an age like 90d")
+    })?;
+    let then = crate::clock::before(Utc::now(), ago);
+    Ok(then
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc())
 }
 
 pub async fn run(args: PruneArgs) -> anyhow::Result<Exit> {
