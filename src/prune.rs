@@ -396,7 +396,11 @@ async fn kept(db: &Db, plan: &Plan) -> Result<Kept, sqlx::Error> {
         sends_busy: if plan.dry_run { 0 } else { busy },
         conversions_pending: get(&conversions, "pending")?,
         conversions_in_doubt: get(&conversions, "in_doubt")?,
-        conversions_send_kept: if plan.dry_run { 0 } else { conversions_send_kept },
+        conversions_send_kept: if plan.dry_run {
+            0
+        } else {
+            conversions_send_kept
+        },
         conversion_rates_not_posted: rates,
     })
 }
@@ -406,13 +410,13 @@ impl Report {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let verb = if self.dry_run { "would remove" } else { "removed" };
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
         let r = &self.removed;
-        let _ = writeln!(
-            out,
-            "prune before {}: {verb}",
-            self.before.to_rfc3339()
-        );
+        let _ = writeln!(out, "prune before {}: {verb}", self.before.to_rfc3339());
         for (table, n) in [
             ("sends", r.sends),
             ("records", r.records),
@@ -424,7 +428,10 @@ impl Report {
             let _ = writeln!(out, "  {table:<18} {n:>12}");
         }
         let k = &self.kept;
-        let _ = writeln!(out, "kept (older than --before, not final or not done yet):");
+        let _ = writeln!(
+            out,
+            "kept (older than --before, not final or not done yet):"
+        );
         for (n, why) in [
             (k.sends_not_final, "sends not final (pending or recheck)"),
             (k.sends_leased, "sends under a lease (a replay holds them)"),
@@ -436,7 +443,10 @@ impl Report {
                 k.sends_conversion_pending,
                 "sends whose OTP conversion is not posted back yet",
             ),
-            (k.sends_busy, "sends locked by a pass meanwhile (next prune)"),
+            (
+                k.sends_busy,
+                "sends locked by a pass meanwhile (next prune)",
+            ),
             (
                 k.conversions_pending,
                 "conversions not acknowledged yet (pending)",
@@ -445,7 +455,10 @@ impl Report {
                 k.conversions_in_doubt,
                 "  of them in doubt (may have reached the provider)",
             ),
-            (k.conversions_send_kept, "OTP conversions whose send is kept"),
+            (
+                k.conversions_send_kept,
+                "OTP conversions whose send is kept",
+            ),
             (
                 k.conversion_rates_not_posted,
                 "conversion-rate windows not posted yet",

@@ -15,8 +15,8 @@ use otp_reconcile::prune::{self, Plan};
 use otp_reconcile::rates::{self, Rules, Window};
 use otp_reconcile::sends::NewSend;
 use otp_reconcile::simulator::{
-    DEMO_API_KEY, DEMO_API_SECRET, FaultRates, Faults, Lookup, RecordConfig, SimConfig,
-    SimHandle, Simulator,
+    DEMO_API_KEY, DEMO_API_SECRET, FaultRates, Faults, Lookup, RecordConfig, SimConfig, SimHandle,
+    Simulator,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -149,7 +149,11 @@ async fn check_history(pool: &PgPool, db: &Db, case: usize, window: Window, step
                     .map(|(app, minutes)| {
                         serial += 1;
                         NewSend {
-                            app_id: if *app == 0 { APP.into() } else { "app-two".into() },
+                            app_id: if *app == 0 {
+                                APP.into()
+                            } else {
+                                "app-two".into()
+                            },
                             verification_id: Some(format!("c{case}-v{serial}")),
                             order_id: None,
                             number: None,
@@ -167,8 +171,8 @@ async fn check_history(pool: &PgPool, db: &Db, case: usize, window: Window, step
             Step::Finish(ends) if !ids.is_empty() => {
                 for (i, how, mcc) in ends {
                     let id = ids[i % ids.len()];
-                    let state = ["settled", "settled", "expired", "rejected", "recheck"]
-                        [usize::from(*how)];
+                    let state =
+                        ["settled", "settled", "expired", "rejected", "recheck"][usize::from(*how)];
                     sqlx::query("UPDATE sends SET state = $2 WHERE id = $1")
                         .bind(id)
                         .bind(state)
@@ -268,10 +272,7 @@ async fn check_history(pool: &PgPool, db: &Db, case: usize, window: Window, step
 async fn incremental_rates_equal_the_full_computation_over_random_histories(pool: PgPool) {
     let db = db_with_app(&pool).await;
     apps::add(&db, "app-two", None).await.unwrap();
-    let strategy = (
-        prop::bool::ANY,
-        prop::collection::vec(step(), 4..24),
-    );
+    let strategy = (prop::bool::ANY, prop::collection::vec(step(), 4..24));
     let mut runner = TestRunner::new(Config {
         cases: 40,
         ..Config::default()
@@ -390,7 +391,10 @@ async fn a_window_with_a_send_still_rechecking_is_posted_once_it_settles(pool: P
     assert_eq!(rechecking, waiting);
     // app-two's hour is final and posted; APP's is neither computed nor posted.
     let posted = received(&sim);
-    assert!(posted.iter().all(|((app, _), _)| app == "app-two"), "{posted:?}");
+    assert!(
+        posted.iter().all(|((app, _), _)| app == "app-two"),
+        "{posted:?}"
+    );
     assert!(!posted.is_empty());
     let app_rows: i64 =
         sqlx::query_scalar("SELECT count(*) FROM conversion_rates WHERE app_id = $1")
@@ -398,7 +402,10 @@ async fn a_window_with_a_send_still_rechecking_is_posted_once_it_settles(pool: P
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(app_rows, 0, "a window with a send rechecking is not computed");
+    assert_eq!(
+        app_rows, 0,
+        "a window with a send rechecking is not computed"
+    );
 
     // The rechecks come due and settle: APP's window is posted, with the final numbers.
     rechecks_due_now(&pool).await;
@@ -408,7 +415,10 @@ async fn a_window_with_a_send_still_rechecking_is_posted_once_it_settles(pool: P
     let truth = plain_full(&pool, "1 hour").await;
     let mut got: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
     for (key, numbers) in received(&sim) {
-        assert!(got.insert(key.clone(), numbers).is_none(), "{key:?} posted twice");
+        assert!(
+            got.insert(key.clone(), numbers).is_none(),
+            "{key:?} posted twice"
+        );
     }
     let want: BTreeMap<(String, i64), (i64, i64)> = truth
         .into_iter()
@@ -479,7 +489,14 @@ async fn every_posted_rate_equals_the_final_truth_under_faults_and_a_kill(pool: 
         .env("PROVIDER_API_KEY", DEMO_API_KEY)
         .env("PROVIDER_API_SECRET", DEMO_API_SECRET)
         .env("RUST_LOG", "warn")
-        .args(["run", "--no-postbacks", "--concurrency", "4", "--request-timeout", "1s"])
+        .args([
+            "run",
+            "--no-postbacks",
+            "--concurrency",
+            "4",
+            "--request-timeout",
+            "1s",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -527,12 +544,11 @@ async fn every_posted_rate_equals_the_final_truth_under_faults_and_a_kill(pool: 
         assert!(round < 30, "sends never all final");
         let summary = run_pass(&db, &client, &settings).await;
         assert_eq!(summary.ended, Ended::Done);
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sends WHERE state IN ('pending', 'recheck')",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sends WHERE state IN ('pending', 'recheck')")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         let unposted: i64 =
             sqlx::query_scalar("SELECT count(*) FROM conversion_rates WHERE state = 'pending'")
                 .fetch_one(&pool)
@@ -623,7 +639,10 @@ async fn history_for_prune(pool: &PgPool, cut: DateTime<Utc>, n: i64) -> i64 {
          FROM sends s JOIN records r ON r.send_id = s.id GROUP BY 1, 2, 3",
         "DELETE FROM rate_dirty",
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap();
     }
     sqlx::query_scalar("SELECT count(*) FROM sends WHERE sent_at < $1")
         .bind(cut)
@@ -680,11 +699,13 @@ async fn prune_removes_only_final_history_and_says_what_it_kept(pool: PgPool) {
             first + 2 + offset
         )
     };
-    let blocked = count(&pool, &in_hour(500), cut).await + count(&pool, &in_hour(700), cut).await
+    let blocked = count(&pool, &in_hour(500), cut).await
+        + count(&pool, &in_hour(700), cut).await
         + count(&pool, &in_hour(0), cut).await
         - 2;
     assert!(blocked > 10);
-    let before = |table: &str, column: &str| format!("SELECT count(*) FROM {table} WHERE {column} < $1");
+    let before =
+        |table: &str, column: &str| format!("SELECT count(*) FROM {table} WHERE {column} < $1");
     let expected_sends = old - 3 - blocked;
 
     let plan = Plan {
@@ -693,9 +714,24 @@ async fn prune_removes_only_final_history_and_says_what_it_kept(pool: PgPool) {
         dry_run: true,
     };
     let dry = prune::run(&db, &plan).await.unwrap();
-    assert_eq!(count(&pool, &before("sends", "sent_at"), cut).await, old, "a dry run removes nothing");
-    let report = prune::run(&db, &Plan { dry_run: false, ..plan }).await.unwrap();
-    assert_eq!(dry.removed, report.removed, "the dry run counts what the run removes");
+    assert_eq!(
+        count(&pool, &before("sends", "sent_at"), cut).await,
+        old,
+        "a dry run removes nothing"
+    );
+    let report = prune::run(
+        &db,
+        &Plan {
+            dry_run: false,
+            ..plan
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        dry.removed, report.removed,
+        "the dry run counts what the run removes"
+    );
     assert_eq!(report.removed.sends, expected_sends as u64);
     assert_eq!(report.removed.records, expected_sends as u64);
     assert_eq!(report.removed.attempts, 2 * expected_sends as u64);
@@ -713,7 +749,10 @@ async fn prune_removes_only_final_history_and_says_what_it_kept(pool: PgPool) {
     assert_eq!(k.conversion_rates_not_posted, 1);
 
     // What stays older than the cut is exactly what was kept; nothing after it went.
-    assert_eq!(count(&pool, &before("sends", "sent_at"), cut).await, 3 + blocked);
+    assert_eq!(
+        count(&pool, &before("sends", "sent_at"), cut).await,
+        3 + blocked
+    );
     let orphans = count(
         &pool,
         "SELECT count(*) FROM records r WHERE NOT EXISTS (SELECT 1 FROM sends s WHERE s.id = r.send_id)
@@ -722,7 +761,10 @@ async fn prune_removes_only_final_history_and_says_what_it_kept(pool: PgPool) {
     )
     .await;
     assert_eq!(orphans, 0);
-    assert_eq!(count(&pool, "SELECT count(*) FROM sends WHERE sent_at >= $1", cut).await, 300);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM sends WHERE sent_at >= $1", cut).await,
+        300
+    );
     assert_eq!(
         count(&pool, "SELECT count(*) FROM attempts a JOIN sends s ON s.id = a.send_id WHERE s.sent_at >= $1", cut).await,
         600
@@ -735,7 +777,15 @@ async fn prune_removes_only_final_history_and_says_what_it_kept(pool: PgPool) {
     .await;
     assert!(rates_after > 0);
     // A second prune finds nothing more to remove.
-    let again = prune::run(&db, &Plan { dry_run: false, ..plan }).await.unwrap();
+    let again = prune::run(
+        &db,
+        &Plan {
+            dry_run: false,
+            ..plan
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(again.removed, prune::Removed::default());
 }
 
@@ -746,7 +796,15 @@ async fn prune_while_a_pass_runs_loses_nothing(pool: PgPool) {
     let old = history_for_prune(&pool, cut, 2_000).await;
     // Sends due now, beside the history.
     insert_sends(&db, &new_sends(400, "due")).await;
-    let sim = simulator(0.0, 1, Faults { latency_ms: 1, ..Faults::default() }).await;
+    let sim = simulator(
+        0.0,
+        1,
+        Faults {
+            latency_ms: 1,
+            ..Faults::default()
+        },
+    )
+    .await;
     let client = client(&sim, Duration::from_secs(2));
     let settings = PassSettings {
         batch_size: 50,
@@ -778,8 +836,15 @@ async fn prune_while_a_pass_runs_loses_nothing(pool: PgPool) {
         cut,
     )
     .await;
-    assert_eq!(due + by_order, 400, "every send of the pass settled and stored");
-    assert_eq!(count(&pool, "SELECT count(*) FROM sends WHERE sent_at < $1", cut).await, 0);
+    assert_eq!(
+        due + by_order,
+        400,
+        "every send of the pass settled and stored"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM sends WHERE sent_at < $1", cut).await,
+        0
+    );
 }
 
 #[sqlx::test]
@@ -793,7 +858,9 @@ async fn status_counts_what_is_not_final_and_estimates_the_history(pool: PgPool)
         .unwrap();
     insert_sends(&db, &new_sends(9, "open")).await;
     sqlx::query("ANALYZE sends").execute(&pool).await.unwrap();
-    let status = otp_reconcile::status::read(&db, Utc::now(), 5).await.unwrap();
+    let status = otp_reconcile::status::read(&db, Utc::now(), 5)
+        .await
+        .unwrap();
     let pending: i64 = status
         .sends
         .iter()
@@ -801,7 +868,12 @@ async fn status_counts_what_is_not_final_and_estimates_the_history(pool: PgPool)
         .map(|d| d.sends)
         .sum();
     assert_eq!(pending, 9);
-    assert!(status.sends.iter().all(|d| d.state == "pending" || d.state == "recheck"));
+    assert!(
+        status
+            .sends
+            .iter()
+            .all(|d| d.state == "pending" || d.state == "recheck")
+    );
     // ANALYZE of a table this small reads every row: the estimate is the count.
     let estimate: BTreeMap<String, i64> = status
         .final_sends_estimate
@@ -818,5 +890,9 @@ async fn status_counts_what_is_not_final_and_estimates_the_history(pool: PgPool)
     .collect();
     assert_eq!(estimate, exact);
     assert!(status.estimated_as_of.is_some());
-    assert!(status.render().contains("estimated from the planner's statistics"));
+    assert!(
+        status
+            .render()
+            .contains("estimated from the planner's statistics")
+    );
 }
