@@ -74,6 +74,7 @@ pub struct Report {
     /// Transactions (batches) that removed something.
     pub batches: u64,
     pub elapsed_secs: f64,
+    /// Sends removed per second of the batches of sends (children included).
     pub sends_per_sec: f64,
 }
 
@@ -118,6 +119,7 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
     let started = Instant::now();
     let mut removed = Removed::default();
     let mut batches = 0;
+    let mut sends_secs = 0.0;
     if plan.dry_run {
         removed = would_remove(db, plan).await?;
     } else {
@@ -132,6 +134,7 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
             cursor = last.unwrap_or(cursor);
             tracing::debug!(sends = removed.sends, "pruning");
         }
+        sends_secs = started.elapsed().as_secs_f64();
         loop {
             let n = remove_conversions(db, plan).await?;
             if n == 0 {
@@ -158,8 +161,8 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
         kept,
         batches,
         elapsed_secs,
-        sends_per_sec: if elapsed_secs > 0.0 {
-            removed.sends as f64 / elapsed_secs
+        sends_per_sec: if sends_secs > 0.0 {
+            removed.sends as f64 / sends_secs
         } else {
             0.0
         },
@@ -469,8 +472,8 @@ impl Report {
         if !self.dry_run {
             let _ = writeln!(
                 out,
-                "{} sends in {:.1} s ({:.0} sends/s), {} transactions",
-                r.sends, self.elapsed_secs, self.sends_per_sec, self.batches
+                "{} sends at {:.0} sends/s; {:.1} s in all, {} transactions",
+                r.sends, self.sends_per_sec, self.elapsed_secs, self.batches
             );
         }
         out

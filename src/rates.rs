@@ -5,6 +5,12 @@
 //! - windows are an hour or a day, aligned to UTC; a window is closed once it ended at
 //!   least `settle_delay` ago; windows that start before `now - lookback` are never
 //!   computed;
+//! - a window is final once it is closed and no send of its app in it is `pending` or
+//!   `recheck`; only final windows are computed and posted, so the posted numbers are
+//!   the final ones (a late change is reposted only with `--repost-rates`);
+//! - a window is recomputed only when its inputs changed: the triggers of migration
+//!   `20261127000020` mark the hours of changed sends, records and OTP conversions in
+//!   `rate_dirty`, and a computation consumes the marks of the windows it computed;
 //! - sent (backfillCardinalNumber): the sends in the window (by sent_at) whose record is
 //!   settled and has that mcc (the mcc of the record's first attempt that has one);
 //! - converted (backfillNumber): how many of those sends have an OTP conversion (of the
@@ -96,7 +102,9 @@ impl Rules {
 ///   triggers mark the hours whose sends, records or OTP conversions changed);
 /// - `final`: those with no send still `pending` or `recheck` (through the partial
 ///   index `sends_open`); the others keep their marks and wait;
-/// - `fresh`: the aggregate of the definition over the final windows only.
+/// - `fresh`: the aggregate of the definition over the final windows only; the OTP
+///   conversion of each send is looked up by index (a lateral subquery), so the plan
+///   never hashes the whole conversions table, whatever the planner guesses.
 macro_rules! dirty_windows {
     () => {
         "candidates AS (
@@ -111,13 +119,15 @@ macro_rules! dirty_windows {
                  WHERE s.state IN ('pending', 'recheck') AND s.app_id = c.app_id
                    AND s.sent_at >= c.window_start AND s.sent_at < c.window_start + $1::interval)),
          fresh AS (
-             SELECT s.app_id, r.mcc, f.window_start, count(c.id) AS converted, count(*) AS sent
+             SELECT s.app_id, r.mcc, f.window_start, count(c.one) AS converted, count(*) AS sent
              FROM final f
              JOIN sends s ON s.app_id = f.app_id
                          AND s.sent_at >= f.window_start AND s.sent_at < f.window_start + $1::interval
              JOIN records r ON r.send_id = s.id
-             LEFT JOIN conversions c
-                    ON c.kind = 'otp' AND c.app_id = s.app_id AND c.message_id = s.verification_id
+             LEFT JOIN LATERAL (
+                 SELECT 1 AS one FROM conversions c
+                 WHERE c.kind = 'otp' AND c.app_id = s.app_id AND c.message_id = s.verification_id
+                 LIMIT 1) AS c ON true
              WHERE s.state = 'settled' AND r.mcc IS NOT NULL
              GROUP BY 1, 2, 3)"
     };
@@ -152,6 +162,21 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
     if from >= until {
         return Ok(Computed::default());
     }
+    // Nothing marked in range (a pass with nothing new): nothing to compute.
+    let marked: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rate_dirty WHERE hour >= $1 AND hour < $2)",
+    )
+    .bind(from)
+    .bind(until)
+    .fetch_one(db.pool())
+    .await?;
+    if !marked && !rules.repost {
+        return Ok(Computed {
+            changed_after_post: changed_after_post(db).await?,
+            ..Computed::default()
+        });
+    }
+    db.counted(1);
     let row = sqlx::query(concat!(
         "WITH ",
         dirty_windows!(),
@@ -218,17 +243,23 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
     }
     let vanished: i64 = row.try_get("vanished")?;
     let computed: i64 = row.try_get("computed")?;
-    let changed_after_post: i64 = sqlx::query_scalar(
+    Ok(Computed {
+        windows_changed: u64::try_from(changed + vanished).unwrap_or(0),
+        changed_after_post: changed_after_post(db).await?,
+        windows_computed: u64::try_from(computed).unwrap_or(0),
+    })
+}
+
+/// Posted windows whose numbers differ from what was posted (through the partial index
+/// `conversion_rates_changed`).
+async fn changed_after_post(db: &Db) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM conversion_rates
          WHERE state = 'sent' AND (converted, sent) IS DISTINCT FROM (posted_converted, posted_sent)",
     )
     .fetch_one(db.pool())
     .await?;
-    Ok(Computed {
-        windows_changed: u64::try_from(changed + vanished).unwrap_or(0),
-        changed_after_post: u64::try_from(changed_after_post).unwrap_or(0),
-        windows_computed: u64::try_from(computed).unwrap_or(0),
-    })
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// For `--dry-run`: how many windows a pass would post now (pending, or final windows
