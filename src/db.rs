@@ -217,10 +217,8 @@ pub async fn check_schema(db: &Db) -> Result<(), DbError> {
     if !unknown.is_empty() {
         return Err(DbError::SchemaNewer { unknown });
     }
-    let missing: Vec<i64> = ours.difference(&theirs).copied().collect();
-    if !missing.is_empty() {
-        return Err(DbError::SchemaOlder { missing });
-    }
+    // An edited migration first: a database migrated before an edit may also miss the
+    // migrations added since, and `migrate` mends both.
     for migration in MIGRATOR.iter() {
         let stored = applied.iter().find(|(v, _, _)| *v == migration.version);
         if let Some((version, checksum, _)) = stored
@@ -232,6 +230,10 @@ pub async fn check_schema(db: &Db) -> Result<(), DbError> {
                 DbError::SchemaEdited(*version)
             });
         }
+    }
+    let missing: Vec<i64> = ours.difference(&theirs).copied().collect();
+    if !missing.is_empty() {
+        return Err(DbError::SchemaOlder { missing });
     }
     Ok(())
 }

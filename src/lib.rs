@@ -18,6 +18,7 @@ pub mod pass;
 pub mod passes;
 pub mod progress;
 pub mod provider;
+pub mod prune;
 pub mod rates;
 pub mod record;
 pub mod redact;

@@ -1,5 +1,12 @@
 //! `status`: what an operator asks first. Queue depth by state and app, the oldest due
 //! send, sends held by an expired lease, conversions and rates pending, the last passes.
+//!
+//! Every count reads a partial index of what is not final (`sends_open`, `sends_due`,
+//! `sends_leased`, `conversions_due`, `conversions_rejected`, `conversion_rates_due`,
+//! `conversion_rates_changed`): none scans the history. The sends in final states
+//! (settled, expired, rejected: the history itself) are not counted: their totals are
+//! PostgreSQL's planner estimate (table size times the state's share in the statistics
+//! of the last ANALYZE), labelled as such.
 
 use crate::db::Db;
 use crate::passes::{self, PassRow};
@@ -17,10 +24,22 @@ pub struct Depth {
     pub due: i64,
 }
 
+/// Sends in a final state, estimated (never counted: that would read the history).
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    pub state: String,
+    pub sends_estimate: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub at: DateTime<Utc>,
+    /// The sends not final yet (pending, recheck), counted exactly.
     pub sends: Vec<Depth>,
+    /// The sends in final states, from the planner's statistics: an estimate.
+    pub final_sends_estimate: Vec<Estimate>,
+    /// When the statistics behind the estimate were taken (the last ANALYZE).
+    pub estimated_as_of: Option<DateTime<Utc>>,
     pub oldest_due: Option<DateTime<Utc>>,
     /// Sends whose lease expired without being completed or released (a pass died).
     pub expired_leases: i64,
@@ -36,11 +55,11 @@ pub struct Status {
 }
 
 pub async fn read(db: &Db, now: DateTime<Utc>, passes: i64) -> Result<Status, sqlx::Error> {
-    db.counted(4);
+    db.counted(6);
     let sends = sqlx::query(
-        "SELECT state, app_id, count(*) AS sends,
-                count(*) FILTER (WHERE state IN ('pending', 'recheck') AND next_check_at <= $1) AS due
-         FROM sends GROUP BY state, app_id ORDER BY state, app_id",
+        "SELECT state, app_id, count(*) AS sends, count(*) FILTER (WHERE next_check_at <= $1) AS due
+         FROM sends WHERE state IN ('pending', 'recheck')
+         GROUP BY state, app_id ORDER BY state, app_id",
     )
     .bind(now)
     .fetch_all(db.pool())
@@ -55,6 +74,39 @@ pub async fn read(db: &Db, now: DateTime<Utc>, passes: i64) -> Result<Status, sq
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // The planner's estimate: rows (scaled to the table's current size, as the planner
+    // does) times each final state's share among the most common values.
+    let final_sends_estimate = sqlx::query(
+        "SELECT v.state,
+                round(v.freq * CASE WHEN c.relpages > 0
+                                    THEN c.reltuples / c.relpages
+                                         * (pg_relation_size(c.oid) / current_setting('block_size')::int)
+                                    ELSE greatest(c.reltuples, 0) END)::bigint AS sends_estimate
+         FROM pg_class c
+         JOIN pg_stats st ON st.schemaname = current_schema() AND st.tablename = 'sends'
+                         AND st.attname = 'state'
+         CROSS JOIN LATERAL unnest(st.most_common_vals::text::text[], st.most_common_freqs)
+              AS v(state, freq)
+         WHERE c.oid = 'sends'::regclass AND v.state IN ('settled', 'expired', 'rejected')
+         ORDER BY v.state",
+    )
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Estimate {
+            state: r.try_get("state")?,
+            sends_estimate: r.try_get("sends_estimate")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let estimated_as_of: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT greatest(last_analyze, last_autoanalyze) FROM pg_stat_user_tables
+         WHERE relid = 'sends'::regclass",
+    )
+    .fetch_optional(db.pool())
+    .await?
+    .flatten();
     let leases = sqlx::query(
         "SELECT min(next_check_at) FILTER (WHERE state IN ('pending', 'recheck')
                                                   AND next_check_at <= $1
@@ -69,24 +121,25 @@ pub async fn read(db: &Db, now: DateTime<Utc>, passes: i64) -> Result<Status, sq
     .fetch_one(db.pool())
     .await?;
     let conversions = sqlx::query(
-        "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
-                count(*) FILTER (WHERE state = 'pending' AND in_doubt) AS in_doubt,
-                count(*) FILTER (WHERE state = 'rejected') AS rejected
-         FROM conversions",
+        "SELECT (SELECT count(*) FROM conversions WHERE state = 'pending') AS pending,
+                (SELECT count(*) FROM conversions WHERE state = 'pending' AND in_doubt) AS in_doubt,
+                (SELECT count(*) FROM conversions WHERE state = 'rejected') AS rejected",
     )
     .fetch_one(db.pool())
     .await?;
     let rates = sqlx::query(
-        "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
-                count(*) FILTER (WHERE state = 'sent'
-                                  AND (converted, sent) IS DISTINCT FROM (posted_converted, posted_sent)) AS changed
-         FROM conversion_rates",
+        "SELECT (SELECT count(*) FROM conversion_rates WHERE state = 'pending') AS pending,
+                (SELECT count(*) FROM conversion_rates
+                 WHERE state = 'sent'
+                   AND (converted, sent) IS DISTINCT FROM (posted_converted, posted_sent)) AS changed",
     )
     .fetch_one(db.pool())
     .await?;
     Ok(Status {
         at: now,
         sends,
+        final_sends_estimate,
+        estimated_as_of,
         oldest_due: leases.try_get("oldest_due")?,
         expired_leases: leases.try_get("expired")?,
         leased: leases.try_get("leased")?,
@@ -116,6 +169,22 @@ impl Status {
                 d.state, d.app_id, d.sends, d.due
             );
         }
+        let estimate = if self.final_sends_estimate.is_empty() {
+            "no statistics yet (ANALYZE sends)".to_owned()
+        } else {
+            self.final_sends_estimate
+                .iter()
+                .map(|e| format!("{} ~{}", e.state, e.sends_estimate))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  final states, estimated from the planner's statistics{}: {estimate}",
+            self.estimated_as_of
+                .map(|t| format!(" (ANALYZE at {})", t.to_rfc3339()))
+                .unwrap_or_default()
+        );
         let oldest = self.oldest_due.map_or("none".to_owned(), |t| {
             let late = std::time::Duration::from_secs(
                 u64::try_from((self.at - t).num_seconds()).unwrap_or(0),

@@ -26,6 +26,18 @@ const PINNED: &[(i64, &str)] = &[
         20261126000004,
         "6d35b7c3dc4a90951b0ab0250976b82a63588922649ac41e7bf2748fdc6d5925144dcce0a8a55545699d7347d17c60ad",
     ),
+    (
+        20261127000020,
+        "789d1256c1b84e056d7858975b174898704cb96eabee3ce36a25de0d946a6813e92be30e5a790cb7e0ecc1d0ae8da0a7",
+    ),
+    (
+        20261127000021,
+        "9ccd64cdbd687d2d979b706df66d2da6a9dbf8a5ead2fde862333f6b6bc5409a88f4e2b6c1ff5afea74ca8939c32e3ca",
+    ),
+    (
+        20261127000022,
+        "9ac464577e7ca5af0a6de63c5cd77808813c30144fa9967b0ca944a235a20cc5ae0f8ededaa319673554872f06fd6bcb",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).

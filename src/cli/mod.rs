@@ -5,6 +5,7 @@ mod admin;
 mod demo;
 mod fetch;
 mod import;
+mod prune;
 mod report;
 mod run;
 mod simulate;
@@ -43,6 +44,8 @@ pub enum Command {
     Replay(report::ReplayArgs),
     /// Queue depth, leases, pending conversions and rates, the last passes.
     Status(report::StatusArgs),
+    /// Remove the final history older than a date (export it first), in small batches.
+    Prune(prune::PruneArgs),
     /// Apply the database schema.
     Migrate(admin::MigrateArgs),
     /// Register and list apps.
@@ -169,6 +172,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Export(args) => report::export(args).await,
         Command::Replay(args) => report::replay(args).await,
         Command::Status(args) => report::status(args).await,
+        Command::Prune(args) => prune::run(args).await,
         Command::Migrate(args) => admin::migrate(args).await,
         Command::App(args) => admin::app(args).await,
         Command::Simulate(args) => simulate::run(args).await,

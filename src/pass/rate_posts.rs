@@ -20,6 +20,11 @@ impl<'a> RatePosts<'a> {
     /// Computes the closed windows (one statement), then is ready to post them.
     pub async fn prepare(run: &'a Run<'a>, rules: &Rules) -> Result<Self, DbError> {
         let computed = rates::compute(run.db, run.clock.now(), rules).await?;
+        tracing::debug!(
+            windows = computed.windows_computed,
+            changed = computed.windows_changed,
+            "conversion-rate windows recomputed"
+        );
         let c = &run.counters.rates;
         Counters::add(&c.windows_changed, computed.windows_changed);
         Counters::add(&c.changed_after_post, computed.changed_after_post);
