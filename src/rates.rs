@@ -12,7 +12,7 @@
 //! - the rate (backfillNow) is [`crate::provider::api::rate_percent`].
 
 use crate::db::Db;
-use crate::lease::Lease;
+use crate::lease::{self, Claim, Release, Table, lease_cleared, leased_table, still_held};
 use crate::ledger::Posted;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clap::ValueEnum;
@@ -189,6 +189,7 @@ pub async fn preview(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<i64, 
 /// A window claimed for posting, with the numbers to post.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
+    pub id: i64,
     pub app_id: String,
     pub mcc: i64,
     pub window_start: DateTime<Utc>,
@@ -200,40 +201,32 @@ pub struct Claimed {
     pub lease: Uuid,
 }
 
+/// The windows a pass posts: pending and due. One whose last lease was abandoned is
+/// marked in doubt. $9: now.
+pub static DUE: Table = leased_table! {
+    table: "conversion_rates",
+    due: "t.state = 'pending' AND t.next_attempt_at <= $9",
+    order: "t.next_attempt_at",
+    shard_key: "app_id",
+    on_claim: ", next_attempt_at = now() + $4::bigint * interval '1 millisecond',
+                in_doubt = t.in_doubt OR t.lease_token IS NOT NULL",
+    on_renew: ", next_attempt_at = now() + $3::bigint * interval '1 millisecond'",
+    on_release: ", next_attempt_at = $1",
+    returning: "t.id, t.app_id, t.mcc, t.window_start, t.window_length::text AS window_length,
+                t.converted, t.sent, t.in_doubt",
+};
+
+/// Claims up to `c.limit` pending windows due at `now`.
 pub async fn claim(
     db: &Db,
     now: DateTime<Utc>,
-    limit: i64,
-    lease_for: Duration,
-    owner: &str,
+    c: &Claim<'_>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let Lease { token, expires } = Lease::claim(db, now, lease_for);
-    let rows = sqlx::query(
-        "WITH due AS (
-             SELECT app_id, mcc, window_start, window_length FROM conversion_rates
-             WHERE state = 'pending' AND next_attempt_at <= $1
-             ORDER BY next_attempt_at
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)
-         UPDATE conversion_rates r
-         SET lease_token = $3, lease_owner = $4, lease_expires_at = $5, next_attempt_at = $5,
-             in_doubt = r.in_doubt OR r.lease_token IS NOT NULL
-         FROM due
-         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
-             = (due.app_id, due.mcc, due.window_start, due.window_length)
-         RETURNING r.app_id, r.mcc, r.window_start, r.window_length::text AS window_length,
-                   r.converted, r.sent, r.in_doubt",
-    )
-    .bind(now)
-    .bind(limit)
-    .bind(token)
-    .bind(owner)
-    .bind(expires)
-    .fetch_all(db.pool())
-    .await?;
+    let (token, rows) = lease::claim(db, &DUE, c, |q| q.bind(now)).await?;
     rows.iter()
         .map(|r| {
             Ok(Claimed {
+                id: r.try_get("id")?,
                 app_id: r.try_get("app_id")?,
                 mcc: r.try_get("mcc")?,
                 window_start: r.try_get("window_start")?,
@@ -257,13 +250,8 @@ pub struct Done {
     pub in_doubt: bool,
 }
 
-/// Records postings of windows still held under their lease; answers which were
-/// written, as (app_id, mcc, window_start).
-pub async fn complete(
-    db: &Db,
-    now: DateTime<Utc>,
-    done: &[Done],
-) -> Result<Vec<(String, i64, DateTime<Utc>)>, sqlx::Error> {
+/// Records postings of windows still held under their lease; answers the ids written.
+pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<i64>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
@@ -280,31 +268,27 @@ pub async fn complete(
         posted_at.push(d.posted.is_sent().then_some(d.callback_at));
         error.push(e);
     }
-    let w = |f: fn(&Claimed) -> String| done.iter().map(|d| f(&d.window)).collect::<Vec<_>>();
     db.counted(1);
-    sqlx::query_as(
-        "UPDATE conversion_rates r
-         SET state = u.state, attempts = r.attempts + 1, next_attempt_at = u.next_attempt_at,
+    sqlx::query_scalar(concat!(
+        "UPDATE conversion_rates t
+         SET state = u.state, attempts = t.attempts + 1, next_attempt_at = u.next_attempt_at,
              last_error = u.last_error, in_doubt = u.in_doubt,
-             posted_converted = CASE WHEN u.state = 'sent' THEN u.converted ELSE r.posted_converted END,
-             posted_sent = CASE WHEN u.state = 'sent' THEN u.sent ELSE r.posted_sent END,
-             posted_rate = coalesce(u.rate, r.posted_rate),
-             posted_at = coalesce(u.posted_at, r.posted_at),
-             lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-         FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::interval[], $5::uuid[],
-                     $6::text[], $7::timestamptz[], $8::bigint[], $9::bigint[], $10::numeric[],
-                     $11::timestamptz[], $12::text[], $13::bool[])
-              AS u(app_id, mcc, window_start, window_length, lease, state, next_attempt_at,
-                   converted, sent, rate, posted_at, last_error, in_doubt)
-         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
-             = (u.app_id, u.mcc, u.window_start, u.window_length)
-           AND r.lease_token = u.lease
-         RETURNING r.app_id, r.mcc, r.window_start",
-    )
-    .bind(w(|c| c.app_id.clone()))
-    .bind(done.iter().map(|d| d.window.mcc).collect::<Vec<_>>())
-    .bind(done.iter().map(|d| d.window.window_start).collect::<Vec<_>>())
-    .bind(w(|c| c.window_length.clone()))
+             posted_converted = CASE WHEN u.state = 'sent' THEN u.converted ELSE t.posted_converted END,
+             posted_sent = CASE WHEN u.state = 'sent' THEN u.sent ELSE t.posted_sent END,
+             posted_rate = coalesce(u.rate, t.posted_rate),
+             posted_at = coalesce(u.posted_at, t.posted_at), ",
+        lease_cleared!(),
+        "
+         FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::bigint[],
+                     $6::bigint[], $7::numeric[], $8::timestamptz[], $9::text[], $10::bool[])
+              AS u(id, lease, state, next_attempt_at, converted, sent, rate, posted_at,
+                   last_error, in_doubt)
+         WHERE ",
+        still_held!(),
+        "
+         RETURNING t.id",
+    ))
+    .bind(done.iter().map(|d| d.window.id).collect::<Vec<_>>())
     .bind(done.iter().map(|d| d.window.lease).collect::<Vec<_>>())
     .bind(state)
     .bind(next)
@@ -320,32 +304,15 @@ pub async fn complete(
 
 /// Gives back windows claimed but not posted.
 pub async fn release(db: &Db, now: DateTime<Utc>, held: &[Claimed]) -> Result<u64, sqlx::Error> {
-    if held.is_empty() {
-        return Ok(0);
-    }
-    db.counted(1);
-    Ok(sqlx::query(
-        "UPDATE conversion_rates r
-         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1
-         FROM unnest($2::text[], $3::bigint[], $4::timestamptz[], $5::interval[], $6::uuid[])
-              AS u(app_id, mcc, window_start, window_length, lease)
-         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
-             = (u.app_id, u.mcc, u.window_start, u.window_length)
-           AND r.lease_token = u.lease",
-    )
-    .bind(now)
-    .bind(held.iter().map(|c| c.app_id.as_str()).collect::<Vec<_>>())
-    .bind(held.iter().map(|c| c.mcc).collect::<Vec<_>>())
-    .bind(held.iter().map(|c| c.window_start).collect::<Vec<_>>())
-    .bind(
-        held.iter()
-            .map(|c| c.window_length.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(held.iter().map(|c| c.lease).collect::<Vec<_>>())
-    .execute(db.pool())
-    .await?
-    .rows_affected())
+    let held: Vec<Release> = held
+        .iter()
+        .map(|c| Release {
+            id: c.id,
+            lease: c.lease,
+            in_doubt: c.in_doubt,
+        })
+        .collect();
+    lease::release(db, &DUE, now, &held).await
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub use summary::{Ended, Summary};
 use crate::clock::SharedClock;
 use crate::db::{Db, DbError};
 use crate::decide::Schedule;
+use crate::lease::{Claim, Scope};
 use crate::passes;
 use crate::progress::Progress;
 use crate::provider::{Failure, Gate, ProviderClient, RetryPolicy};
@@ -178,7 +179,7 @@ async fn lifecycle(
     let started = Instant::now();
     let parameters = serde_json::json!({ "settings": settings, "task": task });
     let pass_id = passes::start(db, task.kind(), &settings.owner, clock.now(), &parameters).await?;
-    let cleared = sends::clear_dead_leases(db, clock.now()).await?;
+    let cleared = sends::clear_dead_leases(db).await?;
     if cleared > 0 {
         tracing::info!(
             cleared,
@@ -200,6 +201,10 @@ async fn lifecycle(
             started,
             cut_short: std::sync::atomic::AtomicBool::new(false),
             task,
+            scope: Scope {
+                shard: settings.shard,
+                apps: Vec::new(),
+            },
             db,
             client,
             clock: &clock,
@@ -285,6 +290,8 @@ pub(crate) struct Run<'a> {
     /// A stage stopped claiming at its share of --max-runtime.
     pub cut_short: std::sync::atomic::AtomicBool,
     pub task: &'a Task,
+    /// The shard and apps this pass claims.
+    pub scope: Scope,
     pub db: &'a Db,
     pub client: &'a ProviderClient,
     pub clock: &'a SharedClock,
@@ -375,6 +382,17 @@ impl Run<'_> {
         tokio::select! {
             result = pipeline::run(stage, shape, &stop) => result,
             () = timer => unreachable!("the timer never ends"),
+        }
+    }
+
+    /// A claim of up to `limit` items in the pass's scope, none of `held`.
+    pub fn lease_claim<'b>(&'b self, limit: usize, held: &'b [i64]) -> Claim<'b> {
+        Claim {
+            limit,
+            lease: self.settings.lease,
+            owner: &self.settings.owner,
+            held,
+            scope: &self.scope,
         }
     }
 

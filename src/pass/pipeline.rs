@@ -32,8 +32,8 @@ pub trait Stage: Sync {
     /// For logs.
     fn name(&self) -> &'static str;
 
-    /// Claims up to `limit` due items under a lease, committed at once.
-    async fn claim(&self, limit: usize) -> Result<Vec<Self::Item>, DbError>;
+    /// Claims up to `limit` due items under a lease, committed at once, none of `held`.
+    async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Self::Item>, DbError>;
 
     /// Works one item.
     async fn work(&self, item: Self::Item) -> Worked<Self::Item, Self::Done>;
@@ -107,7 +107,7 @@ async fn claim_all<S: Stage>(
         }
         let claiming = Instant::now();
         let claimed = stage
-            .claim(batch)
+            .claim(batch, &[])
             .instrument(tracing::debug_span!(
                 "claim",
                 stage = stage.name(),

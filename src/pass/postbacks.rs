@@ -25,17 +25,9 @@ impl Stage for Postbacks<'_> {
         "postbacks"
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
+    async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
         let r = self.run;
-        let claimed = conversions::claim(
-            r.db,
-            r.clock.now(),
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            r.settings.lease,
-            &r.settings.owner,
-            r.settings.shard,
-        )
-        .await?;
+        let claimed = conversions::claim(r.db, r.clock.now(), &r.lease_claim(limit, held)).await?;
         Counters::add(&r.counters.conversions.claimed, claimed.len() as u64);
         Ok(claimed)
     }

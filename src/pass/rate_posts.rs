@@ -41,16 +41,9 @@ impl Stage for RatePosts<'_> {
         "rates"
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
+    async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
         let r = self.run;
-        let claimed = rates::claim(
-            r.db,
-            r.clock.now(),
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            r.settings.lease,
-            &r.settings.owner,
-        )
-        .await?;
+        let claimed = rates::claim(r.db, r.clock.now(), &r.lease_claim(limit, held)).await?;
         Counters::add(&r.counters.rates.claimed, claimed.len() as u64);
         Ok(claimed)
     }
@@ -113,14 +106,13 @@ impl Stage for RatePosts<'_> {
     async fn write(&self, done: Vec<Done>, released: Vec<Claimed>) -> Result<(), DbError> {
         let r = self.run;
         let now = r.clock.now();
-        let written: std::collections::HashSet<_> = rates::complete(r.db, now, &done)
+        let written: std::collections::HashSet<i64> = rates::complete(r.db, now, &done)
             .await?
             .into_iter()
             .collect();
         let c = &r.counters.rates;
         for d in &done {
-            let w = &d.window;
-            if !written.contains(&(w.app_id.clone(), w.mcc, w.window_start)) {
+            if !written.contains(&d.window.id) {
                 continue;
             }
             match d.posted {

@@ -6,6 +6,7 @@ use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::db::DbError;
 use crate::decide::{Checked, Decision, Recheck};
+use crate::lease::{Claim, Scope};
 use crate::provider::Failure;
 use crate::record::Fetched;
 use crate::revisions;
@@ -52,16 +53,22 @@ impl Stage for Records<'_> {
         "records"
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
+    async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
         let r = self.run;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (now, lease, owner) = (r.clock.now(), r.settings.lease, &r.settings.owner);
         let claimed = match &self.replay {
-            None => sends::claim(r.db, now, limit, lease, owner, r.settings.shard).await?,
+            None => sends::claim(r.db, r.clock.now(), &r.lease_claim(limit, held)).await?,
             Some((range, after)) => {
                 let from = *after.lock().unwrap_or_else(|p| p.into_inner());
-                let claimed =
-                    sends::claim_range(r.db, now, range, from, limit, lease, owner).await?;
+                // A replay takes the range's apps, all shards.
+                let scope = Scope {
+                    shard: None,
+                    apps: range.app_ids.clone(),
+                };
+                let c = Claim {
+                    scope: &scope,
+                    ..r.lease_claim(limit, held)
+                };
+                let claimed = sends::claim_range(r.db, range, from, &c).await?;
                 if let Some(last) = claimed.iter().map(|c| c.id).max() {
                     *after.lock().unwrap_or_else(|p| p.into_inner()) = last;
                 }
