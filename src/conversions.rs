@@ -2,10 +2,9 @@
 //! back to the provider. Claimed under a lease like sends; a conversion marked `sent`
 //! is never claimed again.
 
-use crate::db::{Db, in_shard};
-use crate::lease::{self, Claim, Release, Table, lease_cleared, leased_table, still_held};
+use crate::db::Db;
+use crate::lease::{self, Claim, Scope, Table, in_scope, lease_cleared, leased_table, still_held};
 use crate::ledger::Posted;
-use crate::sends::Shard;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
@@ -139,9 +138,25 @@ pub struct Done {
     pub in_doubt: bool,
 }
 
-/// Records postings for the conversions still held under their lease; answers the ids
-/// written.
-pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<i64>, sqlx::Error> {
+/// A conversion as a completion wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Written {
+    pub id: i64,
+    /// Acknowledged.
+    pub sent: bool,
+    /// Acknowledged, but an attempt's outcome was unknown: possibly duplicated.
+    pub in_doubt: bool,
+}
+
+/// Records postings for the conversions still held under their lease; answers what was
+/// written. An acknowledgement is recorded even when the lease was lost meanwhile (the
+/// provider has it: posting it again would duplicate it); if another pass holds the
+/// conversion then, it may post it too, so it is marked in doubt.
+pub async fn complete(
+    db: &Db,
+    now: DateTime<Utc>,
+    done: &[Done],
+) -> Result<Vec<Written>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
@@ -157,20 +172,21 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
         error.push(e);
     }
     db.counted(1);
-    sqlx::query_scalar(concat!(
+    sqlx::query_as(concat!(
         "UPDATE conversions t
          SET state = u.state, attempts = t.attempts + 1, next_attempt_at = u.next_attempt_at,
-             sent_at = u.sent_at, last_error = u.last_error, in_doubt = u.in_doubt,
+             sent_at = u.sent_at, last_error = u.last_error,
+             in_doubt = u.in_doubt OR (t.lease_token IS NOT NULL AND t.lease_token <> u.lease),
              updated_at = $1, ",
         lease_cleared!(),
         "
          FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::timestamptz[],
                      $7::text[], $8::bool[])
               AS u(id, lease, state, next_attempt_at, sent_at, last_error, in_doubt)
-         WHERE ",
+         WHERE t.state = 'pending' AND ((",
         still_held!(),
-        " AND t.state = 'pending'
-         RETURNING t.id",
+        ") OR (t.id = u.id AND u.state = 'sent'))
+         RETURNING t.id, t.state = 'sent' AS sent, t.in_doubt",
     ))
     .bind(now)
     .bind(done.iter().map(|d| d.id).collect::<Vec<_>>())
@@ -184,18 +200,16 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
     .await
 }
 
-/// Gives back conversions claimed but not acknowledged: due again at once, marked in
-/// doubt when an attempt's outcome is unknown (`Claimed::in_doubt`).
-pub async fn release(db: &Db, now: DateTime<Utc>, held: &[Claimed]) -> Result<u64, sqlx::Error> {
-    let held: Vec<Release> = held
-        .iter()
-        .map(|c| Release {
-            id: c.id,
-            lease: c.lease,
-            in_doubt: c.in_doubt,
-        })
-        .collect();
-    lease::release(db, &DUE, now, &held).await
+impl lease::Leased for Claimed {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn lease(&self) -> Uuid {
+        self.lease
+    }
+    fn in_doubt(&self) -> bool {
+        self.in_doubt
+    }
 }
 
 /// Pending conversions due now, per kind and app.
@@ -206,24 +220,17 @@ pub struct Due {
     pub count: i64,
 }
 
-pub async fn due(
-    db: &Db,
-    now: DateTime<Utc>,
-    shard: Option<Shard>,
-) -> Result<Vec<Due>, sqlx::Error> {
+pub async fn due(db: &Db, now: DateTime<Utc>, scope: &Scope) -> Result<Vec<Due>, sqlx::Error> {
     db.counted(1);
-    let rows = sqlx::query(concat!(
+    let query = sqlx::query(concat!(
         "SELECT kind, app_id, count(*) AS count FROM conversions
          WHERE state = 'pending' AND next_attempt_at <= $1 AND ",
-        in_shard!("message_id", "$2", "$3"),
+        in_scope!("message_id", "$2", "$3", "$4"),
         "
          GROUP BY kind, app_id ORDER BY kind, app_id",
     ))
-    .bind(now)
-    .bind(shard.map(|s| s.index as i32))
-    .bind(shard.map_or(1, |s| i64::from(s.of)))
-    .fetch_all(db.pool())
-    .await?;
+    .bind(now);
+    let rows = lease::bind_scope(query, scope).fetch_all(db.pool()).await?;
     rows.iter()
         .map(|r| {
             Ok(Due {

@@ -52,6 +52,31 @@ macro_rules! still_held {
 }
 pub(crate) use still_held;
 
+/// The SQL condition "in the scope": the app is one of `$apps` (all when empty) and
+/// `$shard_key` is in shard `$index` of `$of` (see [`crate::db::in_shard`]). Bound by
+/// [`bind_scope`].
+macro_rules! in_scope {
+    ($shard_key:literal, $index:literal, $of:literal, $apps:literal) => {
+        concat!(
+            "(cardinality(",
+            $apps,
+            "::text[]) = 0 OR app_id = ANY(",
+            $apps,
+            "::text[])) AND ",
+            $crate::db::in_shard!($shard_key, $index, $of)
+        )
+    };
+}
+pub(crate) use in_scope;
+
+/// Binds a scope's three parameters (shard index, shard count, apps), in that order.
+pub fn bind_scope<'q>(query: Query<'q>, scope: &Scope) -> Query<'q> {
+    query
+        .bind(scope.shard.map(|s| s.index as i32))
+        .bind(scope.shard.map_or(1, |s| i64::from(s.of)))
+        .bind(scope.apps.clone())
+}
+
 /// The lease `$ms` milliseconds from the database's now.
 macro_rules! expiry {
     ($ms:literal) => {
@@ -182,10 +207,8 @@ pub async fn claim<'q>(
         .bind(token)
         .bind(c.owner.to_owned())
         .bind(millis(c.lease))
-        .bind(c.held.to_vec())
-        .bind(c.scope.shard.map(|s| s.index as i32))
-        .bind(c.scope.shard.map_or(1, |s| i64::from(s.of)))
-        .bind(c.scope.apps.clone());
+        .bind(c.held.to_vec());
+    let query = bind_scope(query, c.scope);
     let rows = extra(query).fetch_all(db.pool()).await?;
     Ok((token, rows))
 }
@@ -211,21 +234,24 @@ pub async fn renew(
     rows.iter().map(|r| r.try_get(0)).collect()
 }
 
-/// An item given back: its id, its token, and whether an attempt's outcome is unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Release {
-    pub id: i64,
-    pub lease: Uuid,
-    pub in_doubt: bool,
+/// An item claimed under a lease.
+pub trait Leased {
+    fn id(&self) -> i64;
+    fn lease(&self) -> Uuid;
+    /// An attempt's outcome is unknown: the provider may have it already.
+    fn in_doubt(&self) -> bool {
+        false
+    }
 }
 
 /// Gives back items claimed but not finished, those still held only; due again at
-/// `now`. Answers how many were still held.
+/// `now`, marked in doubt when an attempt's outcome is unknown. Answers how many were
+/// still held.
 pub async fn release(
     db: &Db,
     table: &'static Table,
     now: chrono::DateTime<chrono::Utc>,
-    held: &[Release],
+    held: &[impl Leased],
 ) -> Result<u64, sqlx::Error> {
     if held.is_empty() {
         return Ok(0);
@@ -233,9 +259,9 @@ pub async fn release(
     db.counted(1);
     Ok(sqlx::query(table.release)
         .bind(now)
-        .bind(held.iter().map(|r| r.id).collect::<Vec<_>>())
-        .bind(held.iter().map(|r| r.lease).collect::<Vec<_>>())
-        .bind(held.iter().map(|r| r.in_doubt).collect::<Vec<_>>())
+        .bind(held.iter().map(Leased::id).collect::<Vec<_>>())
+        .bind(held.iter().map(Leased::lease).collect::<Vec<_>>())
+        .bind(held.iter().map(Leased::in_doubt).collect::<Vec<_>>())
         .execute(db.pool())
         .await?
         .rows_affected())

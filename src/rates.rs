@@ -12,7 +12,7 @@
 //! - the rate (backfillNow) is [`crate::provider::api::rate_percent`].
 
 use crate::db::Db;
-use crate::lease::{self, Claim, Release, Table, lease_cleared, leased_table, still_held};
+use crate::lease::{self, Claim, Table, lease_cleared, leased_table, still_held};
 use crate::ledger::Posted;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clap::ValueEnum;
@@ -89,10 +89,10 @@ impl Rules {
 
 /// The aggregate of the definition, per app, mcc and window: columns app_id, mcc,
 /// window_start, converted, sent. Parameters: $1 the window as an interval, $2 and $3
-/// the range of sent_at.
+/// the range of sent_at; `$apps` the apps (all if empty).
 macro_rules! computed_windows {
-    () => {
-        "SELECT s.app_id, r.mcc,
+    ($apps:literal) => {
+        concat!("SELECT s.app_id, r.mcc,
                 date_bin($1::interval, s.sent_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start,
                 count(c.id) AS converted, count(*) AS sent
          FROM sends s
@@ -100,7 +100,8 @@ macro_rules! computed_windows {
          LEFT JOIN conversions c
                 ON c.kind = 'otp' AND c.app_id = s.app_id AND c.message_id = s.verification_id
          WHERE s.state = 'settled' AND r.mcc IS NOT NULL AND s.sent_at >= $2 AND s.sent_at < $3
-         GROUP BY 1, 2, 3"
+           AND (cardinality(", $apps, "::text[]) = 0 OR s.app_id = ANY(", $apps, "::text[]))
+         GROUP BY 1, 2, 3")
     };
 }
 
@@ -114,9 +115,15 @@ pub struct Computed {
     pub changed_after_post: u64,
 }
 
-/// Computes every closed window in range and records it: new windows become pending;
-/// a posted window whose numbers changed is pending again only with `rules.repost`.
-pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Computed, sqlx::Error> {
+/// Computes every closed window in range of `apps` (all if empty) and records it: new
+/// windows become pending; a posted window whose numbers changed is pending again only
+/// with `rules.repost`.
+pub async fn compute(
+    db: &Db,
+    now: DateTime<Utc>,
+    rules: &Rules,
+    apps: &[String],
+) -> Result<Computed, sqlx::Error> {
     let (from, until) = rules.range(now);
     if from >= until {
         return Ok(Computed::default());
@@ -127,7 +134,7 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
              (app_id, mcc, window_start, window_length, converted, sent, computed_at, next_attempt_at)
          SELECT app_id, mcc, window_start, $1::interval, converted, sent, $4, $4
          FROM (",
-        computed_windows!(),
+        computed_windows!("$6"),
         ") AS w
          ON CONFLICT (app_id, mcc, window_start, window_length) DO UPDATE
          SET converted = EXCLUDED.converted, sent = EXCLUDED.sent,
@@ -146,6 +153,7 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
     .bind(until)
     .bind(now)
     .bind(rules.repost)
+    .bind(apps.to_vec())
     .execute(db.pool())
     .await?
     .rows_affected();
@@ -163,12 +171,17 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
 
 /// For `--dry-run`: how many windows a pass would post now (new, pending, or changed
 /// with `repost`), computing without writing.
-pub async fn preview(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<i64, sqlx::Error> {
+pub async fn preview(
+    db: &Db,
+    now: DateTime<Utc>,
+    rules: &Rules,
+    apps: &[String],
+) -> Result<i64, sqlx::Error> {
     let (from, until) = rules.range(now);
     db.counted(1);
     sqlx::query_scalar(concat!(
         "SELECT count(*) FROM (",
-        computed_windows!(),
+        computed_windows!("$5"),
         ") AS w
          LEFT JOIN conversion_rates r
                 ON (r.app_id, r.mcc, r.window_start, r.window_length)
@@ -182,6 +195,7 @@ pub async fn preview(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<i64, 
     .bind(from)
     .bind(until)
     .bind(rules.repost)
+    .bind(apps.to_vec())
     .fetch_one(db.pool())
     .await
 }
@@ -251,6 +265,8 @@ pub struct Done {
 }
 
 /// Records postings of windows still held under their lease; answers the ids written.
+/// An acknowledgement is recorded even when the lease was lost meanwhile (the provider
+/// has it: posting it again would duplicate it).
 pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<i64>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
@@ -283,9 +299,9 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
                      $6::bigint[], $7::numeric[], $8::timestamptz[], $9::text[], $10::bool[])
               AS u(id, lease, state, next_attempt_at, converted, sent, rate, posted_at,
                    last_error, in_doubt)
-         WHERE ",
+         WHERE (",
         still_held!(),
-        "
+        ") OR (t.id = u.id AND u.state = 'sent' AND t.state = 'pending')
          RETURNING t.id",
     ))
     .bind(done.iter().map(|d| d.window.id).collect::<Vec<_>>())
@@ -302,17 +318,16 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
     .await
 }
 
-/// Gives back windows claimed but not posted.
-pub async fn release(db: &Db, now: DateTime<Utc>, held: &[Claimed]) -> Result<u64, sqlx::Error> {
-    let held: Vec<Release> = held
-        .iter()
-        .map(|c| Release {
-            id: c.id,
-            lease: c.lease,
-            in_doubt: c.in_doubt,
-        })
-        .collect();
-    lease::release(db, &DUE, now, &held).await
+impl lease::Leased for Claimed {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn lease(&self) -> Uuid {
+        self.lease
+    }
+    fn in_doubt(&self) -> bool {
+        self.in_doubt
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! with the lease token in the `WHERE`, and releasing what a pass did not finish.
 //! Every write is one statement for the whole batch.
 
-use crate::db::{Db, in_shard};
-use crate::lease::{self, Claim, Release, Table, lease_cleared, leased_table, still_held};
+use crate::db::Db;
+use crate::lease::{self, Claim, Scope, Table, in_scope, lease_cleared, leased_table, still_held};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
@@ -241,7 +241,7 @@ pub struct Completion {
 }
 
 /// Writes the checked sends still held under their lease, in the caller's transaction;
-/// answers the ids written. A send whose lease expired and was claimed again is left
+/// answers the (id, lease) of each send written. A send whose lease expired and was claimed again is left
 /// as its new holder has it. The rows written stay locked until the transaction ends.
 ///
 /// With `keep_unchanged` (a replay), a send whose state does not change keeps its
@@ -252,11 +252,11 @@ pub async fn complete(
     now: DateTime<Utc>,
     done: &[Completion],
     keep_unchanged: bool,
-) -> Result<Vec<i64>, sqlx::Error> {
+) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar(concat!(
+    sqlx::query_as(concat!(
         "UPDATE sends t
          SET state = u.state,
              next_check_at = CASE WHEN $7 AND t.state = u.state THEN t.next_check_at ELSE u.next_check_at END,
@@ -268,7 +268,7 @@ pub async fn complete(
          FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
               AS u(id, lease, state, next_check_at, last_error)
          WHERE ", still_held!(), "
-         RETURNING t.id",
+         RETURNING t.id, u.lease",
     ))
     .bind(now)
     .bind(done.iter().map(|c| c.id).collect::<Vec<_>>())
@@ -281,22 +281,13 @@ pub async fn complete(
     .await
 }
 
-/// Gives back sends a pass claimed but did not check: due again at once, no check
-/// counted. Answers how many were still held.
-pub async fn release(
-    db: &Db,
-    now: DateTime<Utc>,
-    held: &[(i64, Uuid)],
-) -> Result<u64, sqlx::Error> {
-    let held: Vec<Release> = held
-        .iter()
-        .map(|&(id, lease)| Release {
-            id,
-            lease,
-            in_doubt: false,
-        })
-        .collect();
-    lease::release(db, &DUE, now, &held).await
+impl lease::Leased for Claimed {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn lease(&self) -> Uuid {
+        self.lease
+    }
 }
 
 /// Clears leases that expired on sends no claim comes back for (settled, rejected or
@@ -322,30 +313,24 @@ pub struct Due {
     pub oldest_due: DateTime<Utc>,
 }
 
-pub async fn due(
-    db: &Db,
-    now: DateTime<Utc>,
-    shard: Option<Shard>,
-) -> Result<Vec<Due>, sqlx::Error> {
+pub async fn due(db: &Db, now: DateTime<Utc>, scope: &Scope) -> Result<Vec<Due>, sqlx::Error> {
     db.counted(1);
-    let rows = sqlx::query(concat!(
+    let query = sqlx::query(concat!(
         "SELECT state, app_id, count(*) AS count, min(next_check_at) AS oldest_due
          FROM sends
          WHERE state IN ('pending', 'recheck') AND next_check_at <= $1 AND ",
-        in_shard!(
+        in_scope!(
             "coalesce(verification_id, app_id || ':' || order_id)",
             "$2",
-            "$3"
+            "$3",
+            "$4"
         ),
         "
          GROUP BY state, app_id
          ORDER BY state, app_id",
     ))
-    .bind(now)
-    .bind(shard.map(|s| s.index as i32))
-    .bind(shard.map_or(1, |s| i64::from(s.of)))
-    .fetch_all(db.pool())
-    .await?;
+    .bind(now);
+    let rows = lease::bind_scope(query, scope).fetch_all(db.pool()).await?;
     rows.iter()
         .map(|r| {
             Ok(Due {

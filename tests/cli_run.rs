@@ -69,6 +69,8 @@ async fn a_pass_killed_half_way_loses_and_duplicates_nothing(pool: PgPool) {
             "8",
             "--lease",
             "2s",
+            "--request-timeout",
+            "600ms",
             "--batch-size",
             "100",
         ])

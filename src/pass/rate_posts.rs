@@ -2,9 +2,11 @@
 //! then post each new window to `/otp/backfillRate` once (SPEC "One pass", step 6).
 
 use super::Run;
+use super::held::{Held, Holdings};
 use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::db::DbError;
+use crate::lease;
 use crate::ledger::{Posted, outcome_unknown};
 use crate::provider::BackfillRate;
 use crate::provider::api::rate_percent;
@@ -17,9 +19,14 @@ pub struct RatePosts<'a> {
 }
 
 impl<'a> RatePosts<'a> {
-    /// Computes the closed windows (one statement), then is ready to post them.
-    pub async fn prepare(run: &'a Run<'a>, rules: &Rules) -> Result<Self, DbError> {
-        let computed = rates::compute(run.db, run.clock.now(), rules).await?;
+    /// Computes the closed windows of `apps` (all if empty; one statement), then is ready
+    /// to post them.
+    pub async fn prepare(
+        run: &'a Run<'a>,
+        rules: &Rules,
+        apps: &[String],
+    ) -> Result<Self, DbError> {
+        let computed = rates::compute(run.db, run.clock.now(), rules, apps).await?;
         let c = &run.counters.rates;
         Counters::add(&c.windows_changed, computed.windows_changed);
         Counters::add(&c.changed_after_post, computed.changed_after_post);
@@ -39,6 +46,14 @@ impl Stage for RatePosts<'_> {
 
     fn name(&self) -> &'static str {
         "rates"
+    }
+
+    fn holdings(&self) -> &Holdings {
+        &self.run.held.rates
+    }
+
+    fn done_id(done: &Done) -> i64 {
+        done.window.id
     }
 
     async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
@@ -64,8 +79,12 @@ impl Stage for RatePosts<'_> {
             let rate = rate_percent(converted, sent).unwrap_or_default();
             let doubt = Cell::new(window.in_doubt);
             let mut callback_at = r.clock.now();
+            let held = Held {
+                holdings: &r.held.rates,
+                id: window.id,
+            };
             let outcome = r
-                .call(|| {
+                .call(held, || {
                     // callbackTime is when it is posted: each attempt says its own time.
                     callback_at = r.clock.now();
                     let body = BackfillRate::new(
@@ -121,7 +140,10 @@ impl Stage for RatePosts<'_> {
                 Posted::Later { .. } => Counters::add(&c.later, 1),
             }
         }
-        Counters::add(&c.released, rates::release(r.db, now, &released).await?);
+        Counters::add(
+            &c.released,
+            lease::release(r.db, &rates::DUE, now, &released).await?,
+        );
         Ok(())
     }
 }
