@@ -200,17 +200,7 @@ pub async fn complete(
     .await
 }
 
-impl lease::Leased for Claimed {
-    fn id(&self) -> i64 {
-        self.id
-    }
-    fn lease(&self) -> Uuid {
-        self.lease
-    }
-    fn in_doubt(&self) -> bool {
-        self.in_doubt
-    }
-}
+lease::impl_leased!(Claimed, in_doubt);
 
 /// Pending conversions due now, per kind and app.
 #[derive(Debug, Clone, PartialEq, Serialize)]

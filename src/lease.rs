@@ -15,8 +15,8 @@
 
 use crate::db::Db;
 use crate::sends::Shard;
+use sqlx::Postgres;
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Postgres, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -28,7 +28,9 @@ pub struct Table {
     /// Parameters: $1 limit, $2 token, $3 owner, $4 lease (ms), $5 ids the pass already
     /// holds, $6 and $7 the shard, $8 the app ids (empty: all); the table's own from $9.
     pub claim: &'static str,
-    /// Parameters: $1 ids, $2 tokens, $3 lease (ms). Returns the ids still held.
+    /// Parameters: $1 ids, $2 tokens, $3 lease (ms). Returns each id, whether it was
+    /// renewed, and whether it was still held (a row being written is neither renewed
+    /// nor lost).
     pub renew: &'static str,
     /// Parameters: $1 now (host clock, when the item is due again), $2 ids, $3 tokens,
     /// $4 in doubt.
@@ -135,19 +137,36 @@ macro_rules! leased_table {
                  RETURNING ",
                 $returning
             ),
+            // Rows locked by a write (the pass's own completion, or another pass's
+            // claim) are skipped, never waited for: no deadlock with a completion that
+            // locks the same rows in another order. Each asked item comes back with
+            // whether it was renewed and whether its token was still there.
             renew: concat!(
-                "UPDATE ",
+                "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS u(id, lease)),
+                 free AS (SELECT t.id FROM ",
+                $table,
+                " t JOIN u ON ",
+                $crate::lease::still_held!(),
+                "
+                          FOR UPDATE OF t SKIP LOCKED),
+                 renewed AS (
+                     UPDATE ",
                 $table,
                 " t
-                 SET lease_expires_at = ",
+                     SET lease_expires_at = ",
                 $crate::lease::expiry!("$3"),
                 $on_renew,
                 "
-                 FROM unnest($1::bigint[], $2::uuid[]) AS u(id, lease)
-                 WHERE ",
+                     FROM free WHERE t.id = free.id
+                     RETURNING t.id)
+                 SELECT u.id,
+                        u.id IN (SELECT id FROM renewed) AS renewed,
+                        EXISTS (SELECT 1 FROM ",
+                $table,
+                " t WHERE ",
                 $crate::lease::still_held!(),
-                "
-                 RETURNING t.id"
+                ") AS held
+                 FROM u"
             ),
             release: concat!(
                 "UPDATE ",
@@ -213,25 +232,34 @@ pub async fn claim<'q>(
     Ok((token, rows))
 }
 
+/// What a renewal found for one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Renewed {
+    pub id: i64,
+    /// Its lease now runs `lease` from the database's now.
+    pub renewed: bool,
+    /// Its token was still there (false: taken over, or finished).
+    pub held: bool,
+}
+
 /// Extends the leases of `held` (id, token) for `lease` from the database's now, in one
-/// statement; answers the ids still held (the others were taken over).
+/// statement; answers what it found for each.
 pub async fn renew(
     db: &Db,
     table: &'static Table,
     held: &[(i64, Uuid)],
     lease: Duration,
-) -> Result<Vec<i64>, sqlx::Error> {
+) -> Result<Vec<Renewed>, sqlx::Error> {
     if held.is_empty() {
         return Ok(Vec::new());
     }
     db.counted(1);
-    let rows = sqlx::query(table.renew)
+    sqlx::query_as(table.renew)
         .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
         .bind(held.iter().map(|(_, t)| *t).collect::<Vec<_>>())
         .bind(millis(lease))
         .fetch_all(db.pool())
-        .await?;
-    rows.iter().map(|r| r.try_get(0)).collect()
+        .await
 }
 
 /// An item claimed under a lease.
@@ -243,6 +271,35 @@ pub trait Leased {
         false
     }
 }
+
+/// Implements [`Leased`] for a claimed row type with fields `id` and `lease` (and
+/// `in_doubt`, given as a second argument).
+macro_rules! impl_leased {
+    ($ty:ty) => {
+        impl $crate::lease::Leased for $ty {
+            fn id(&self) -> i64 {
+                self.id
+            }
+            fn lease(&self) -> uuid::Uuid {
+                self.lease
+            }
+        }
+    };
+    ($ty:ty, in_doubt) => {
+        impl $crate::lease::Leased for $ty {
+            fn id(&self) -> i64 {
+                self.id
+            }
+            fn lease(&self) -> uuid::Uuid {
+                self.lease
+            }
+            fn in_doubt(&self) -> bool {
+                self.in_doubt
+            }
+        }
+    };
+}
+pub(crate) use impl_leased;
 
 /// Gives back items claimed but not finished, those still held only; due again at
 /// `now`, marked in doubt when an attempt's outcome is unknown. Answers how many were

@@ -225,7 +225,7 @@ pub static DUE: Table = leased_table! {
     on_claim: ", next_attempt_at = now() + $4::bigint * interval '1 millisecond',
                 in_doubt = t.in_doubt OR t.lease_token IS NOT NULL",
     on_renew: ", next_attempt_at = now() + $3::bigint * interval '1 millisecond'",
-    on_release: ", next_attempt_at = $1",
+    on_release: ", next_attempt_at = $1, in_doubt = t.in_doubt OR u.in_doubt",
     returning: "t.id, t.app_id, t.mcc, t.window_start, t.window_length::text AS window_length,
                 t.converted, t.sent, t.in_doubt",
 };
@@ -318,17 +318,7 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
     .await
 }
 
-impl lease::Leased for Claimed {
-    fn id(&self) -> i64 {
-        self.id
-    }
-    fn lease(&self) -> Uuid {
-        self.lease
-    }
-    fn in_doubt(&self) -> bool {
-        self.in_doubt
-    }
-}
+lease::impl_leased!(Claimed, in_doubt);
 
 #[cfg(test)]
 mod tests {

@@ -281,14 +281,7 @@ pub async fn complete(
     .await
 }
 
-impl lease::Leased for Claimed {
-    fn id(&self) -> i64 {
-        self.id
-    }
-    fn lease(&self) -> Uuid {
-        self.lease
-    }
-}
+lease::impl_leased!(Claimed);
 
 /// Clears leases that expired on sends no claim comes back for (settled, rejected or
 /// expired: a replay died holding them). Answers how many.

@@ -68,9 +68,9 @@ async fn a_pass_killed_half_way_loses_and_duplicates_nothing(pool: PgPool) {
             "--concurrency",
             "8",
             "--lease",
-            "2s",
+            "30s",
             "--request-timeout",
-            "600ms",
+            "10s",
             "--batch-size",
             "100",
         ])

@@ -240,8 +240,7 @@ async fn a_pass_killed_mid_postback_duplicates_only_what_was_in_flight(pool: PgP
         cmd
     };
     let mut first = bin()
-        .args(["run", "--no-rates", "--concurrency", "8", "--lease", "2s"])
-        .args(["--request-timeout", "600ms"])
+        .args(["run", "--no-rates", "--concurrency", "8", "--lease", "60s"])
         .spawn()
         .unwrap();
     let started = Instant::now();

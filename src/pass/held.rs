@@ -70,26 +70,31 @@ impl Holdings {
             .collect()
     }
 
-    /// A renewal sent at `sent` asked for `asked` and kept `kept`: those are valid for
-    /// `lease` from `sent`; the others were taken over. Answers how many were lost.
+    /// A renewal sent at `sent` asked for `asked` and found `found`: those renewed are
+    /// valid for `lease` from `sent`; those no longer held were taken over (or finished
+    /// meanwhile); the others (being written) keep what they had. Answers how many were
+    /// lost.
     pub fn renewed(
         &self,
         asked: &[(i64, Uuid)],
-        kept: &[i64],
+        found: &[lease::Renewed],
         sent: Instant,
         lease: Duration,
     ) -> usize {
-        let kept: std::collections::HashSet<i64> = kept.iter().copied().collect();
+        let found: HashMap<i64, lease::Renewed> = found.iter().map(|r| (r.id, *r)).collect();
         let mut held = self.items();
         let mut lost = 0;
         for (id, token) in asked {
             // Written or released meanwhile, or held under another claim: not ours to judge.
-            let Some(h) = held.get_mut(id).filter(|h| h.lease == *token) else {
+            let (Some(h), Some(r)) = (
+                held.get_mut(id).filter(|h| h.lease == *token),
+                found.get(id),
+            ) else {
                 continue;
             };
-            if kept.contains(id) {
+            if r.renewed {
                 h.valid_until = h.valid_until.max(sent + lease);
-            } else if !h.lost {
+            } else if !r.held && !h.lost {
                 h.lost = true;
                 lost += 1;
             }
@@ -139,6 +144,6 @@ pub async fn renew(
         return Ok(0);
     }
     let sent = Instant::now();
-    let kept = lease::renew(db, holdings.table, &asked, lease).await?;
-    Ok(holdings.renewed(&asked, &kept, sent, lease))
+    let found = lease::renew(db, holdings.table, &asked, lease).await?;
+    Ok(holdings.renewed(&asked, &found, sent, lease))
 }

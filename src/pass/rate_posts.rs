@@ -108,7 +108,10 @@ impl Stage for RatePosts<'_> {
                 })
                 .await;
             let Some(outcome) = outcome else {
-                return Worked::Release(window);
+                // Not sent, or stopped after an attempt of unknown outcome: released,
+                // in doubt if an attempt may have been applied.
+                let in_doubt = doubt.get();
+                return Worked::Release(Claimed { in_doubt, ..window });
             };
             Worked::Done(Done {
                 posted: Posted::from_outcome(outcome, r.retry_at()),
