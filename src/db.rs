@@ -222,10 +222,6 @@ pub async fn check_schema(db: &Db) -> Result<(), DbError> {
     if !unknown.is_empty() {
         return Err(DbError::SchemaNewer { unknown });
     }
-    let missing: Vec<i64> = ours.difference(&theirs).copied().collect();
-    if !missing.is_empty() {
-        return Err(DbError::SchemaOlder { missing });
-    }
     for migration in MIGRATOR.iter() {
         let stored = applied.iter().find(|(v, _, _)| *v == migration.version);
         if let Some((version, checksum, _)) = stored
@@ -237,6 +233,12 @@ pub async fn check_schema(db: &Db) -> Result<(), DbError> {
                 DbError::SchemaEdited(*version)
             });
         }
+    }
+    // After the edit check: a database from before the edit of a migration also lacks
+    // the later ones, and `migrate` repairs it and adds them.
+    let missing: Vec<i64> = ours.difference(&theirs).copied().collect();
+    if !missing.is_empty() {
+        return Err(DbError::SchemaOlder { missing });
     }
     Ok(())
 }

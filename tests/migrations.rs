@@ -26,6 +26,14 @@ const PINNED: &[(i64, &str)] = &[
         20261126000004,
         "6d35b7c3dc4a90951b0ab0250976b82a63588922649ac41e7bf2748fdc6d5925144dcce0a8a55545699d7347d17c60ad",
     ),
+    (
+        20261127000010,
+        "f966109b4f7e0d608b037f271a27396cfb939664369131cfc5cf984588bab1d94ceb18226235e246d0243018a5b50ec3",
+    ),
+    (
+        20261127000011,
+        "a44da7086de5551eb547a267a5e6ea9e5c1841e6e74c4fc6de02e5788f44675ffaa133902ec1a026bc38fdc30eca22e9",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).
