@@ -2,14 +2,12 @@
 //! back to the provider. Claimed under a lease like sends; a conversion marked `sent`
 //! is never claimed again.
 
-use crate::db::{Db, in_shard};
-use crate::lease::Lease;
+use crate::db::Db;
+use crate::lease::{self, Claim, Scope, Table, in_scope, lease_cleared, leased_table, still_held};
 use crate::ledger::Posted;
-use crate::sends::Shard;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Which postback a conversion goes to.
@@ -90,44 +88,30 @@ pub struct Claimed {
     pub lease: Uuid,
 }
 
-/// Claims up to `limit` pending conversions that are due. One whose last lease was
-/// abandoned (its pass died while posting) is marked in doubt.
+/// The conversions a pass claims: pending and due. One whose last lease was abandoned
+/// (its pass died while posting) is marked in doubt. $9: now.
+pub static DUE: Table = leased_table! {
+    table: "conversions",
+    due: "t.state = 'pending' AND t.next_attempt_at <= $9",
+    order: "t.next_attempt_at",
+    shard_key: "message_id",
+    on_claim: ", next_attempt_at = now() + $4::bigint * interval '1 millisecond', updated_at = $9,
+                in_doubt = t.in_doubt OR t.lease_token IS NOT NULL",
+    on_renew: ", next_attempt_at = now() + $3::bigint * interval '1 millisecond'",
+    on_release: ", next_attempt_at = $1, updated_at = $1, in_doubt = t.in_doubt OR u.in_doubt",
+    returning: "t.id, t.kind, t.app_id, t.message_id, t.converted_at, t.in_doubt,
+                coalesce(t.number, (SELECT s.number FROM sends s
+                                    WHERE s.verification_id = t.message_id
+                                      AND s.app_id = t.app_id)) AS number",
+};
+
+/// Claims up to `c.limit` pending conversions due at `now`.
 pub async fn claim(
     db: &Db,
     now: DateTime<Utc>,
-    limit: i64,
-    lease_for: Duration,
-    owner: &str,
-    shard: Option<Shard>,
+    c: &Claim<'_>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let Lease { token, expires } = Lease::claim(db, now, lease_for);
-    let rows = sqlx::query(concat!(
-        "WITH due AS (
-             SELECT id FROM conversions
-             WHERE state = 'pending' AND next_attempt_at <= $1 AND ",
-        in_shard!("message_id", "$6", "$7"),
-        "
-             ORDER BY next_attempt_at
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)
-         UPDATE conversions c
-         SET lease_token = $3, lease_owner = $4, lease_expires_at = $5, next_attempt_at = $5,
-             updated_at = $1, in_doubt = c.in_doubt OR c.lease_token IS NOT NULL
-         FROM due WHERE c.id = due.id
-         RETURNING c.id, c.kind, c.app_id, c.message_id, c.converted_at, c.in_doubt,
-                   coalesce(c.number, (SELECT s.number FROM sends s
-                                       WHERE s.verification_id = c.message_id
-                                                                                  AND s.app_id = c.app_id)) AS number",
-    ))
-    .bind(now)
-    .bind(limit)
-    .bind(token)
-    .bind(owner)
-    .bind(expires)
-    .bind(shard.map(|s| s.index as i32))
-    .bind(shard.map_or(1, |s| i64::from(s.of)))
-    .fetch_all(db.pool())
-    .await?;
+    let (token, rows) = lease::claim(db, &DUE, c, |q| q.bind(now)).await?;
     rows.iter()
         .map(|r| {
             let kind: String = r.try_get("kind")?;
@@ -154,9 +138,25 @@ pub struct Done {
     pub in_doubt: bool,
 }
 
-/// Records postings for the conversions still held under their lease; answers the ids
-/// written.
-pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<i64>, sqlx::Error> {
+/// A conversion as a completion wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Written {
+    pub id: i64,
+    /// Acknowledged.
+    pub sent: bool,
+    /// Acknowledged, but an attempt's outcome was unknown: possibly duplicated.
+    pub in_doubt: bool,
+}
+
+/// Records postings for the conversions still held under their lease; answers what was
+/// written. An acknowledgement is recorded even when the lease was lost meanwhile (the
+/// provider has it: posting it again would duplicate it); if another pass holds the
+/// conversion then, it may post it too, so it is marked in doubt.
+pub async fn complete(
+    db: &Db,
+    now: DateTime<Utc>,
+    done: &[Done],
+) -> Result<Vec<Written>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
@@ -172,17 +172,22 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
         error.push(e);
     }
     db.counted(1);
-    sqlx::query_scalar(
-        "UPDATE conversions c
-         SET state = u.state, attempts = c.attempts + 1, next_attempt_at = u.next_attempt_at,
-             sent_at = u.sent_at, last_error = u.last_error, in_doubt = u.in_doubt,
-             updated_at = $1, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+    sqlx::query_as(concat!(
+        "UPDATE conversions t
+         SET state = u.state, attempts = t.attempts + 1, next_attempt_at = u.next_attempt_at,
+             sent_at = u.sent_at, last_error = u.last_error,
+             in_doubt = u.in_doubt OR (t.lease_token IS NOT NULL AND t.lease_token <> u.lease),
+             updated_at = $1, ",
+        lease_cleared!(),
+        "
          FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::timestamptz[],
                      $7::text[], $8::bool[])
               AS u(id, lease, state, next_attempt_at, sent_at, last_error, in_doubt)
-         WHERE c.id = u.id AND c.lease_token = u.lease AND c.state = 'pending'
-         RETURNING c.id",
-    )
+         WHERE t.state = 'pending' AND ((",
+        still_held!(),
+        ") OR (t.id = u.id AND u.state = 'sent'))
+         RETURNING t.id, t.state = 'sent' AS sent, t.in_doubt",
+    ))
     .bind(now)
     .bind(done.iter().map(|d| d.id).collect::<Vec<_>>())
     .bind(done.iter().map(|d| d.lease).collect::<Vec<_>>())
@@ -195,28 +200,7 @@ pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<
     .await
 }
 
-/// Gives back conversions claimed but not acknowledged: due again at once, marked in
-/// doubt when an attempt's outcome is unknown (`Claimed::in_doubt`).
-pub async fn release(db: &Db, now: DateTime<Utc>, held: &[Claimed]) -> Result<u64, sqlx::Error> {
-    if held.is_empty() {
-        return Ok(0);
-    }
-    db.counted(1);
-    Ok(sqlx::query(
-        "UPDATE conversions c
-         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-             next_attempt_at = $1, updated_at = $1, in_doubt = c.in_doubt OR u.in_doubt
-         FROM unnest($2::bigint[], $3::uuid[], $4::bool[]) AS u(id, lease, in_doubt)
-         WHERE c.id = u.id AND c.lease_token = u.lease",
-    )
-    .bind(now)
-    .bind(held.iter().map(|c| c.id).collect::<Vec<_>>())
-    .bind(held.iter().map(|c| c.lease).collect::<Vec<_>>())
-    .bind(held.iter().map(|c| c.in_doubt).collect::<Vec<_>>())
-    .execute(db.pool())
-    .await?
-    .rows_affected())
-}
+lease::impl_leased!(Claimed, in_doubt);
 
 /// Pending conversions due now, per kind and app.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -226,24 +210,17 @@ pub struct Due {
     pub count: i64,
 }
 
-pub async fn due(
-    db: &Db,
-    now: DateTime<Utc>,
-    shard: Option<Shard>,
-) -> Result<Vec<Due>, sqlx::Error> {
+pub async fn due(db: &Db, now: DateTime<Utc>, scope: &Scope) -> Result<Vec<Due>, sqlx::Error> {
     db.counted(1);
-    let rows = sqlx::query(concat!(
+    let query = sqlx::query(concat!(
         "SELECT kind, app_id, count(*) AS count FROM conversions
          WHERE state = 'pending' AND next_attempt_at <= $1 AND ",
-        in_shard!("message_id", "$2", "$3"),
+        in_scope!("message_id", "$2", "$3", "$4"),
         "
          GROUP BY kind, app_id ORDER BY kind, app_id",
     ))
-    .bind(now)
-    .bind(shard.map(|s| s.index as i32))
-    .bind(shard.map_or(1, |s| i64::from(s.of)))
-    .fetch_all(db.pool())
-    .await?;
+    .bind(now);
+    let rows = lease::bind_scope(query, scope).fetch_all(db.pool()).await?;
     rows.iter()
         .map(|r| {
             Ok(Due {

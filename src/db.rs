@@ -90,6 +90,22 @@ fn edited_before(version: i64, checksum: &[u8]) -> bool {
     })
 }
 
+/// An error and its causes, outermost first, joined by ": ": what `passes.error`, the
+/// summary and stderr say when the database fails.
+pub fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// A pool and a count of the statements the job sent through it (for the benchmark's
 /// "statements per send"). Cheap to clone.
 #[derive(Debug, Clone)]

@@ -6,25 +6,48 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 
-/// Records a pass as running; answers its id.
+/// The SQL condition "the pass's heartbeat is fresh" (on the database's clock); a pass
+/// recorded before heartbeats existed counts as fresh.
+macro_rules! heartbeat_fresh {
+    () => {
+        "(heartbeat_at IS NULL OR heartbeat_at + heartbeat_timeout >= now())"
+    };
+}
+pub(crate) use heartbeat_fresh;
+
+/// Records a pass as running, its heartbeat beating now; answers its id. A heartbeat
+/// older than `heartbeat_timeout` (on the database's clock) means the pass is gone.
 pub async fn start(
     db: &Db,
     kind: &str,
     owner: &str,
     now: DateTime<Utc>,
     parameters: &Value,
+    heartbeat_timeout: std::time::Duration,
 ) -> Result<i64, sqlx::Error> {
     db.counted(1);
     sqlx::query_scalar(
-        "INSERT INTO passes (kind, owner, started_at, parameters)
-         VALUES ($1, $2, $3, $4::text::jsonb) RETURNING id",
+        "INSERT INTO passes (kind, owner, started_at, parameters, heartbeat_at, heartbeat_timeout)
+         VALUES ($1, $2, $3, $4::text::jsonb, now(), $5::bigint * interval '1 millisecond')
+         RETURNING id",
     )
     .bind(kind)
     .bind(owner)
     .bind(now)
     .bind(parameters.to_string())
+    .bind(i64::try_from(heartbeat_timeout.as_millis()).unwrap_or(i64::MAX))
     .fetch_one(db.pool())
     .await
+}
+
+/// The pass is alive: its heartbeat, now on the database's clock.
+pub async fn heartbeat(db: &Db, id: i64) -> Result<(), sqlx::Error> {
+    db.counted(1);
+    sqlx::query("UPDATE passes SET heartbeat_at = now() WHERE id = $1 AND outcome = 'running'")
+        .bind(id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
 }
 
 /// Records how a pass ended.
@@ -64,13 +87,17 @@ pub struct PassRow {
     pub error: Option<String>,
 }
 
-/// The last `limit` passes, newest first.
+/// The last `limit` passes, newest first. A running pass whose heartbeat stopped shows
+/// as `abandoned`.
 pub async fn recent(db: &Db, limit: i64) -> Result<Vec<PassRow>, sqlx::Error> {
     db.counted(1);
-    let rows = sqlx::query(
-        "SELECT id, kind, owner, started_at, finished_at, outcome, summary::text AS summary, error
+    let rows = sqlx::query(concat!(
+        "SELECT id, kind, owner, started_at, finished_at, summary::text AS summary, error,
+                CASE WHEN outcome = 'running' AND NOT ",
+        heartbeat_fresh!(),
+        " THEN 'abandoned' ELSE outcome END AS outcome
          FROM passes ORDER BY started_at DESC, id DESC LIMIT $1",
-    )
+    ))
     .bind(limit)
     .fetch_all(db.pool())
     .await?;

@@ -18,7 +18,7 @@
 //! - the rate (backfillNow) is [`crate::provider::api::rate_percent`].
 
 use crate::db::Db;
-use crate::lease::Lease;
+use crate::lease::{self, Claim, Table, lease_cleared, leased_table, still_held};
 use crate::ledger::Posted;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clap::ValueEnum;
@@ -96,7 +96,7 @@ impl Rules {
 /// The windows to compute, and what they are, as CTEs ending in `fresh` (app_id, mcc,
 /// window_start, converted, sent) and `final` (app_id, window_start); `consumed` removes
 /// the marks of the final windows (in a statement that writes). Parameters: $1 the window
-/// as an interval, $2 and $3 the range of window starts.
+/// as an interval, $2 and $3 the range of window starts, `$apps` the apps (all if empty).
 ///
 /// - `candidates`: the windows in range holding an hour marked in `rate_dirty` (the
 ///   triggers mark the hours whose sends, records or OTP conversions changed);
@@ -106,12 +106,13 @@ impl Rules {
 ///   conversion of each send is looked up by index (a lateral subquery), so the plan
 ///   never hashes the whole conversions table, whatever the planner guesses.
 macro_rules! dirty_windows {
-    () => {
-        "candidates AS (
+    ($apps:literal) => {
+        concat!("candidates AS (
              SELECT DISTINCT d.app_id,
                     date_bin($1::interval, d.hour, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start
              FROM rate_dirty d
-             WHERE d.hour >= $2 AND d.hour < $3),
+             WHERE d.hour >= $2 AND d.hour < $3
+               AND ", in_apps!("d.app_id", $apps), "),
          final AS (
              SELECT c.app_id, c.window_start FROM candidates c
              WHERE NOT EXISTS (
@@ -129,7 +130,17 @@ macro_rules! dirty_windows {
                  WHERE c.kind = 'otp' AND c.app_id = s.app_id AND c.message_id = s.verification_id
                  LIMIT 1) AS c ON true
              WHERE s.state = 'settled' AND r.mcc IS NOT NULL
-             GROUP BY 1, 2, 3)"
+             GROUP BY 1, 2, 3)")
+    };
+}
+
+/// The SQL condition "`$column` is one of the apps in `$apps`, a text[] parameter (all
+/// apps if it is empty)": the scope of `run --app-id`.
+macro_rules! in_apps {
+    ($column:literal, $apps:literal) => {
+        concat!(
+            "(cardinality(", $apps, "::text[]) = 0 OR ", $column, " = ANY(", $apps, "::text[]))"
+        )
     };
 }
 
@@ -151,7 +162,14 @@ pub struct Computed {
 /// window still holding a `pending` or `recheck` send is left for a later pass (its
 /// posted numbers are then the final ones). One statement, plus one that drops the
 /// marks of windows older than the lookback.
-pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Computed, sqlx::Error> {
+///
+/// Only the windows of `apps` (all if empty) are computed: `run --app-id`.
+pub async fn compute(
+    db: &Db,
+    now: DateTime<Utc>,
+    rules: &Rules,
+    apps: &[String],
+) -> Result<Computed, sqlx::Error> {
     let (from, until) = rules.range(now);
     db.counted(3);
     // Marks of windows that start before the lookback are never computed.
@@ -163,11 +181,14 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
         return Ok(Computed::default());
     }
     // Nothing marked in range (a pass with nothing new): nothing to compute.
-    let marked: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM rate_dirty WHERE hour >= $1 AND hour < $2)",
-    )
+    let marked: bool = sqlx::query_scalar(concat!(
+        "SELECT EXISTS (SELECT 1 FROM rate_dirty WHERE hour >= $1 AND hour < $2 AND ",
+        in_apps!("app_id", "$3"),
+        ")"
+    ))
     .bind(from)
     .bind(until)
+    .bind(apps.to_vec())
     .fetch_one(db.pool())
     .await?;
     if !marked && !rules.repost {
@@ -179,7 +200,7 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
     db.counted(1);
     let row = sqlx::query(concat!(
         "WITH ",
-        dirty_windows!(),
+        dirty_windows!("$6"),
         ",
          consumed AS (
              DELETE FROM rate_dirty d USING final f
@@ -222,6 +243,7 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
     .bind(until)
     .bind(now)
     .bind(rules.repost)
+    .bind(apps.to_vec())
     .fetch_one(db.pool())
     .await?;
     let mut changed: i64 = row.try_get("changed")?;
@@ -229,13 +251,15 @@ pub async fn compute(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<Compu
         // Windows recomputed by earlier passes (without --repost-rates) whose numbers
         // differ from what was posted: through the partial index of those.
         db.counted(1);
-        let reopened = sqlx::query(
+        let reopened = sqlx::query(concat!(
             "UPDATE conversion_rates SET state = 'pending', next_attempt_at = $2
              WHERE state = 'sent' AND (converted, sent) IS DISTINCT FROM (posted_converted, posted_sent)
-               AND window_length = $1::interval AND lease_token IS NULL",
-        )
+               AND window_length = $1::interval AND lease_token IS NULL AND ",
+            in_apps!("app_id", "$3"),
+        ))
         .bind(rules.window.interval())
         .bind(now)
+        .bind(apps.to_vec())
         .execute(db.pool())
         .await?
         .rows_affected();
@@ -265,16 +289,23 @@ async fn changed_after_post(db: &Db) -> Result<u64, sqlx::Error> {
 /// For `--dry-run`: how many windows a pass would post now (pending, or final windows
 /// whose inputs changed that are new, or changed with `repost`), computing without
 /// writing.
-pub async fn preview(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<i64, sqlx::Error> {
+pub async fn preview(
+    db: &Db,
+    now: DateTime<Utc>,
+    rules: &Rules,
+    apps: &[String],
+) -> Result<i64, sqlx::Error> {
     let (from, until) = rules.range(now);
     db.counted(1);
     sqlx::query_scalar(concat!(
         "WITH ",
-        dirty_windows!(),
+        dirty_windows!("$5"),
         "
          SELECT count(*) FROM (
              SELECT app_id, mcc, window_start FROM conversion_rates
-             WHERE state = 'pending' AND window_length = $1::interval
+             WHERE state = 'pending' AND window_length = $1::interval AND ",
+        in_apps!("app_id", "$5"),
+        "
              UNION
              SELECT w.app_id, w.mcc, w.window_start
              FROM fresh w
@@ -290,6 +321,7 @@ pub async fn preview(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<i64, 
     .bind(from)
     .bind(until)
     .bind(rules.repost)
+    .bind(apps.to_vec())
     .fetch_one(db.pool())
     .await
 }
@@ -297,6 +329,7 @@ pub async fn preview(db: &Db, now: DateTime<Utc>, rules: &Rules) -> Result<i64, 
 /// A window claimed for posting, with the numbers to post.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
+    pub id: i64,
     pub app_id: String,
     pub mcc: i64,
     pub window_start: DateTime<Utc>,
@@ -308,40 +341,32 @@ pub struct Claimed {
     pub lease: Uuid,
 }
 
+/// The windows a pass posts: pending and due. One whose last lease was abandoned is
+/// marked in doubt. $9: now.
+pub static DUE: Table = leased_table! {
+    table: "conversion_rates",
+    due: "t.state = 'pending' AND t.next_attempt_at <= $9",
+    order: "t.next_attempt_at",
+    shard_key: "app_id",
+    on_claim: ", next_attempt_at = now() + $4::bigint * interval '1 millisecond',
+                in_doubt = t.in_doubt OR t.lease_token IS NOT NULL",
+    on_renew: ", next_attempt_at = now() + $3::bigint * interval '1 millisecond'",
+    on_release: ", next_attempt_at = $1, in_doubt = t.in_doubt OR u.in_doubt",
+    returning: "t.id, t.app_id, t.mcc, t.window_start, t.window_length::text AS window_length,
+                t.converted, t.sent, t.in_doubt",
+};
+
+/// Claims up to `c.limit` pending windows due at `now`.
 pub async fn claim(
     db: &Db,
     now: DateTime<Utc>,
-    limit: i64,
-    lease_for: Duration,
-    owner: &str,
+    c: &Claim<'_>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let Lease { token, expires } = Lease::claim(db, now, lease_for);
-    let rows = sqlx::query(
-        "WITH due AS (
-             SELECT app_id, mcc, window_start, window_length FROM conversion_rates
-             WHERE state = 'pending' AND next_attempt_at <= $1
-             ORDER BY next_attempt_at
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)
-         UPDATE conversion_rates r
-         SET lease_token = $3, lease_owner = $4, lease_expires_at = $5, next_attempt_at = $5,
-             in_doubt = r.in_doubt OR r.lease_token IS NOT NULL
-         FROM due
-         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
-             = (due.app_id, due.mcc, due.window_start, due.window_length)
-         RETURNING r.app_id, r.mcc, r.window_start, r.window_length::text AS window_length,
-                   r.converted, r.sent, r.in_doubt",
-    )
-    .bind(now)
-    .bind(limit)
-    .bind(token)
-    .bind(owner)
-    .bind(expires)
-    .fetch_all(db.pool())
-    .await?;
+    let (token, rows) = lease::claim(db, &DUE, c, |q| q.bind(now)).await?;
     rows.iter()
         .map(|r| {
             Ok(Claimed {
+                id: r.try_get("id")?,
                 app_id: r.try_get("app_id")?,
                 mcc: r.try_get("mcc")?,
                 window_start: r.try_get("window_start")?,
@@ -365,13 +390,10 @@ pub struct Done {
     pub in_doubt: bool,
 }
 
-/// Records postings of windows still held under their lease; answers which were
-/// written, as (app_id, mcc, window_start).
-pub async fn complete(
-    db: &Db,
-    now: DateTime<Utc>,
-    done: &[Done],
-) -> Result<Vec<(String, i64, DateTime<Utc>)>, sqlx::Error> {
+/// Records postings of windows still held under their lease; answers the ids written.
+/// An acknowledgement is recorded even when the lease was lost meanwhile (the provider
+/// has it: posting it again would duplicate it).
+pub async fn complete(db: &Db, now: DateTime<Utc>, done: &[Done]) -> Result<Vec<i64>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
@@ -388,31 +410,27 @@ pub async fn complete(
         posted_at.push(d.posted.is_sent().then_some(d.callback_at));
         error.push(e);
     }
-    let w = |f: fn(&Claimed) -> String| done.iter().map(|d| f(&d.window)).collect::<Vec<_>>();
     db.counted(1);
-    sqlx::query_as(
-        "UPDATE conversion_rates r
-         SET state = u.state, attempts = r.attempts + 1, next_attempt_at = u.next_attempt_at,
+    sqlx::query_scalar(concat!(
+        "UPDATE conversion_rates t
+         SET state = u.state, attempts = t.attempts + 1, next_attempt_at = u.next_attempt_at,
              last_error = u.last_error, in_doubt = u.in_doubt,
-             posted_converted = CASE WHEN u.state = 'sent' THEN u.converted ELSE r.posted_converted END,
-             posted_sent = CASE WHEN u.state = 'sent' THEN u.sent ELSE r.posted_sent END,
-             posted_rate = coalesce(u.rate, r.posted_rate),
-             posted_at = coalesce(u.posted_at, r.posted_at),
-             lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-         FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::interval[], $5::uuid[],
-                     $6::text[], $7::timestamptz[], $8::bigint[], $9::bigint[], $10::numeric[],
-                     $11::timestamptz[], $12::text[], $13::bool[])
-              AS u(app_id, mcc, window_start, window_length, lease, state, next_attempt_at,
-                   converted, sent, rate, posted_at, last_error, in_doubt)
-         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
-             = (u.app_id, u.mcc, u.window_start, u.window_length)
-           AND r.lease_token = u.lease
-         RETURNING r.app_id, r.mcc, r.window_start",
-    )
-    .bind(w(|c| c.app_id.clone()))
-    .bind(done.iter().map(|d| d.window.mcc).collect::<Vec<_>>())
-    .bind(done.iter().map(|d| d.window.window_start).collect::<Vec<_>>())
-    .bind(w(|c| c.window_length.clone()))
+             posted_converted = CASE WHEN u.state = 'sent' THEN u.converted ELSE t.posted_converted END,
+             posted_sent = CASE WHEN u.state = 'sent' THEN u.sent ELSE t.posted_sent END,
+             posted_rate = coalesce(u.rate, t.posted_rate),
+             posted_at = coalesce(u.posted_at, t.posted_at), ",
+        lease_cleared!(),
+        "
+         FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::bigint[],
+                     $6::bigint[], $7::numeric[], $8::timestamptz[], $9::text[], $10::bool[])
+              AS u(id, lease, state, next_attempt_at, converted, sent, rate, posted_at,
+                   last_error, in_doubt)
+         WHERE (",
+        still_held!(),
+        ") OR (t.id = u.id AND u.state = 'sent' AND t.state = 'pending')
+         RETURNING t.id",
+    ))
+    .bind(done.iter().map(|d| d.window.id).collect::<Vec<_>>())
     .bind(done.iter().map(|d| d.window.lease).collect::<Vec<_>>())
     .bind(state)
     .bind(next)
@@ -426,35 +444,7 @@ pub async fn complete(
     .await
 }
 
-/// Gives back windows claimed but not posted.
-pub async fn release(db: &Db, now: DateTime<Utc>, held: &[Claimed]) -> Result<u64, sqlx::Error> {
-    if held.is_empty() {
-        return Ok(0);
-    }
-    db.counted(1);
-    Ok(sqlx::query(
-        "UPDATE conversion_rates r
-         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1
-         FROM unnest($2::text[], $3::bigint[], $4::timestamptz[], $5::interval[], $6::uuid[])
-              AS u(app_id, mcc, window_start, window_length, lease)
-         WHERE (r.app_id, r.mcc, r.window_start, r.window_length)
-             = (u.app_id, u.mcc, u.window_start, u.window_length)
-           AND r.lease_token = u.lease",
-    )
-    .bind(now)
-    .bind(held.iter().map(|c| c.app_id.as_str()).collect::<Vec<_>>())
-    .bind(held.iter().map(|c| c.mcc).collect::<Vec<_>>())
-    .bind(held.iter().map(|c| c.window_start).collect::<Vec<_>>())
-    .bind(
-        held.iter()
-            .map(|c| c.window_length.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(held.iter().map(|c| c.lease).collect::<Vec<_>>())
-    .execute(db.pool())
-    .await?
-    .rows_affected())
-}
+lease::impl_leased!(Claimed, in_doubt);
 
 #[cfg(test)]
 mod tests {

@@ -2,12 +2,11 @@
 //! with the lease token in the `WHERE`, and releasing what a pass did not finish.
 //! Every write is one statement for the whole batch.
 
-use crate::db::{Db, in_shard};
-use crate::lease::Lease;
+use crate::db::Db;
+use crate::lease::{self, Claim, Scope, Table, in_scope, lease_cleared, leased_table, still_held};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Where a send is in its life.
@@ -132,48 +131,45 @@ pub struct Claimed {
     pub lease: Uuid,
 }
 
-/// Claims up to `limit` due sends for `lease_for`, committed at once. While leased, a
-/// send's `next_check_at` is its lease expiry, so a crashed pass's sends come due again
-/// by themselves and claiming never walks over leased rows.
+/// The sends a pass claims when they are due. While leased, a send's `next_check_at` is
+/// its lease expiry, so a crashed pass's sends come due again by themselves and claiming
+/// never walks over leased rows; a renewal moves both. $9: now.
+pub static DUE: Table = leased_table! {
+    table: "sends",
+    due: "t.state IN ('pending', 'recheck') AND t.next_check_at <= $9",
+    order: "t.next_check_at",
+    shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
+    on_claim: ", next_check_at = now() + $4::bigint * interval '1 millisecond', updated_at = $9",
+    on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
+                                      THEN now() + $3::bigint * interval '1 millisecond'
+                                      ELSE t.next_check_at END",
+    on_release: ", next_check_at = $1, updated_at = $1",
+    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts",
+};
+
+/// The sends a replay claims: in a range, whatever their state, in id order. It leaves
+/// `next_check_at` alone, so a send the replay does not change stays as it was.
+/// $9, $10: the range of sent_at; $11: the highest id claimed so far.
+pub static IN_RANGE: Table = leased_table! {
+    table: "sends",
+    due: "t.sent_at >= $9 AND t.sent_at < $10 AND t.id > $11",
+    order: "t.id",
+    shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
+    on_claim: "",
+    on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
+                                      THEN now() + $3::bigint * interval '1 millisecond'
+                                      ELSE t.next_check_at END",
+    on_release: ", next_check_at = $1, updated_at = $1",
+    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts",
+};
+
+/// Claims up to `c.limit` due sends at `now`, committed at once.
 pub async fn claim(
     db: &Db,
     now: DateTime<Utc>,
-    limit: i64,
-    lease_for: Duration,
-    owner: &str,
-    shard: Option<Shard>,
+    c: &Claim<'_>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let Lease { token, expires } = Lease::claim(db, now, lease_for);
-    let rows = sqlx::query(concat!(
-        "WITH due AS (
-             SELECT id FROM sends
-             WHERE state IN ('pending', 'recheck') AND next_check_at <= $1
-               AND (lease_expires_at IS NULL OR lease_expires_at <= $1) AND ",
-        in_shard!(
-            "coalesce(verification_id, app_id || ':' || order_id)",
-            "$5",
-            "$6"
-        ),
-        "
-             ORDER BY next_check_at
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)
-         UPDATE sends s
-         SET lease_token = $3, lease_owner = $4, lease_expires_at = $7,
-             next_check_at = $7, updated_at = $1
-         FROM due WHERE s.id = due.id
-         RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
-                   s.state, s.attempts",
-    ))
-    .bind(now)
-    .bind(limit)
-    .bind(token)
-    .bind(owner)
-    .bind(shard.map(|s| s.index as i32))
-    .bind(shard.map_or(1, |s| i64::from(s.of)))
-    .bind(expires)
-    .fetch_all(db.pool())
-    .await?;
+    let (token, rows) = lease::claim(db, &DUE, c, |q| q.bind(now)).await?;
     claimed_rows(&rows, token)
 }
 
@@ -204,46 +200,18 @@ pub struct Range {
     pub app_ids: Vec<String>,
 }
 
-/// Claims, for a replay, up to `limit` sends in `range` with an id above `after`,
-/// whatever their state, skipping those another pass holds. Unlike [`claim`], it leaves
-/// `next_check_at` alone, so a send the replay does not change stays as it was.
+/// Claims, for a replay, up to `c.limit` sends in `range` with an id above `after`,
+/// whatever their state, skipping those another pass holds (`c.scope` carries the
+/// range's apps).
 pub async fn claim_range(
     db: &Db,
-    now: DateTime<Utc>,
     range: &Range,
     after: i64,
-    limit: i64,
-    lease_for: Duration,
-    owner: &str,
+    c: &Claim<'_>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let Lease { token, expires } = Lease::claim(db, now, lease_for);
-    let rows = sqlx::query(
-        "WITH todo AS (
-             SELECT id FROM sends
-             WHERE sent_at >= $1 AND sent_at < $2
-               AND (cardinality($3::text[]) = 0 OR app_id = ANY($3))
-               AND id > $4
-               AND (lease_expires_at IS NULL OR lease_expires_at <= $5)
-             ORDER BY id
-             LIMIT $6
-             FOR UPDATE SKIP LOCKED)
-         UPDATE sends s
-         SET lease_token = $7, lease_owner = $8, lease_expires_at = $9
-         FROM todo WHERE s.id = todo.id
-         RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
-                   s.state, s.attempts",
-    )
-    .bind(range.from)
-    .bind(range.to)
-    .bind(&range.app_ids)
-    .bind(after)
-    .bind(now)
-    .bind(limit)
-    .bind(token)
-    .bind(owner)
-    .bind(expires)
-    .fetch_all(db.pool())
-    .await?;
+    let (from, to) = (range.from, range.to);
+    let (token, rows) =
+        lease::claim(db, &IN_RANGE, c, |q| q.bind(from).bind(to).bind(after)).await?;
     claimed_rows(&rows, token)
 }
 
@@ -273,7 +241,7 @@ pub struct Completion {
 }
 
 /// Writes the checked sends still held under their lease, in the caller's transaction;
-/// answers the ids written. A send whose lease expired and was claimed again is left
+/// answers the (id, lease) of each send written. A send whose lease expired and was claimed again is left
 /// as its new holder has it. The rows written stay locked until the transaction ends.
 ///
 /// With `keep_unchanged` (a replay), a send whose state does not change keeps its
@@ -284,24 +252,24 @@ pub async fn complete(
     now: DateTime<Utc>,
     done: &[Completion],
     keep_unchanged: bool,
-) -> Result<Vec<i64>, sqlx::Error> {
+) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar(
-        "UPDATE sends s
+    sqlx::query_as(concat!(
+        "UPDATE sends t
          SET state = u.state,
-             next_check_at = CASE WHEN $7 AND s.state = u.state THEN s.next_check_at ELSE u.next_check_at END,
-             last_error = CASE WHEN $7 AND s.state = u.state THEN s.last_error ELSE u.last_error END,
-             attempts = CASE WHEN $7 AND s.state = u.state THEN s.attempts ELSE s.attempts + 1 END,
-             last_checked_at = CASE WHEN $7 AND s.state = u.state THEN s.last_checked_at ELSE $1 END,
-             updated_at = CASE WHEN $7 AND s.state = u.state THEN s.updated_at ELSE $1 END,
-             lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+             next_check_at = CASE WHEN $7 AND t.state = u.state THEN t.next_check_at ELSE u.next_check_at END,
+             last_error = CASE WHEN $7 AND t.state = u.state THEN t.last_error ELSE u.last_error END,
+             attempts = CASE WHEN $7 AND t.state = u.state THEN t.attempts ELSE t.attempts + 1 END,
+             last_checked_at = CASE WHEN $7 AND t.state = u.state THEN t.last_checked_at ELSE $1 END,
+             updated_at = CASE WHEN $7 AND t.state = u.state THEN t.updated_at ELSE $1 END,
+             ", lease_cleared!(), "
          FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
               AS u(id, lease, state, next_check_at, last_error)
-         WHERE s.id = u.id AND s.lease_token = u.lease
-         RETURNING s.id",
-    )
+         WHERE ", still_held!(), "
+         RETURNING t.id, u.lease",
+    ))
     .bind(now)
     .bind(done.iter().map(|c| c.id).collect::<Vec<_>>())
     .bind(done.iter().map(|c| c.lease).collect::<Vec<_>>())
@@ -313,42 +281,17 @@ pub async fn complete(
     .await
 }
 
-/// Gives back sends a pass claimed but did not check: due again at once, no check
-/// counted. Answers how many were still held.
-pub async fn release(
-    db: &Db,
-    now: DateTime<Utc>,
-    held: &[(i64, Uuid)],
-) -> Result<u64, sqlx::Error> {
-    if held.is_empty() {
-        return Ok(0);
-    }
-    db.counted(1);
-    Ok(sqlx::query(
-        "UPDATE sends s
-         SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-             next_check_at = $1, updated_at = $1
-         FROM unnest($2::bigint[], $3::uuid[]) AS u(id, lease)
-         WHERE s.id = u.id AND s.lease_token = u.lease",
-    )
-    .bind(now)
-    .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(held.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
-    .execute(db.pool())
-    .await?
-    .rows_affected())
-}
+lease::impl_leased!(Claimed);
 
 /// Clears leases that expired on sends no claim comes back for (settled, rejected or
 /// expired: a replay died holding them). Answers how many.
-pub async fn clear_dead_leases(db: &Db, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+pub async fn clear_dead_leases(db: &Db) -> Result<u64, sqlx::Error> {
     db.counted(1);
     Ok(sqlx::query(
         "UPDATE sends SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-         WHERE lease_token IS NOT NULL AND lease_expires_at <= $1
+         WHERE lease_token IS NOT NULL AND lease_expires_at <= now()
            AND state IN ('settled', 'rejected', 'expired')",
     )
-    .bind(now)
     .execute(db.pool())
     .await?
     .rows_affected())
@@ -363,30 +306,24 @@ pub struct Due {
     pub oldest_due: DateTime<Utc>,
 }
 
-pub async fn due(
-    db: &Db,
-    now: DateTime<Utc>,
-    shard: Option<Shard>,
-) -> Result<Vec<Due>, sqlx::Error> {
+pub async fn due(db: &Db, now: DateTime<Utc>, scope: &Scope) -> Result<Vec<Due>, sqlx::Error> {
     db.counted(1);
-    let rows = sqlx::query(concat!(
+    let query = sqlx::query(concat!(
         "SELECT state, app_id, count(*) AS count, min(next_check_at) AS oldest_due
          FROM sends
          WHERE state IN ('pending', 'recheck') AND next_check_at <= $1 AND ",
-        in_shard!(
+        in_scope!(
             "coalesce(verification_id, app_id || ':' || order_id)",
             "$2",
-            "$3"
+            "$3",
+            "$4"
         ),
         "
          GROUP BY state, app_id
          ORDER BY state, app_id",
     ))
-    .bind(now)
-    .bind(shard.map(|s| s.index as i32))
-    .bind(shard.map_or(1, |s| i64::from(s.of)))
-    .fetch_all(db.pool())
-    .await?;
+    .bind(now);
+    let rows = lease::bind_scope(query, scope).fetch_all(db.pool()).await?;
     rows.iter()
         .map(|r| {
             Ok(Due {

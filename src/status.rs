@@ -43,8 +43,11 @@ pub struct Status {
     pub oldest_due: Option<DateTime<Utc>>,
     /// Sends whose lease expired without being completed or released (a pass died).
     pub expired_leases: i64,
-    /// Sends held by a live lease (a pass is working on them).
+    /// Sends held by a live lease of a running pass (it is working on them).
     pub leased: i64,
+    /// Sends held by a live lease of a pass whose heartbeat stopped (abandoned): the
+    /// leases run out by themselves.
+    pub abandoned_leases: i64,
     pub conversions_pending: i64,
     pub conversions_in_doubt: i64,
     pub conversions_rejected: i64,
@@ -107,16 +110,22 @@ pub async fn read(db: &Db, now: DateTime<Utc>, passes: i64) -> Result<Status, sq
     .fetch_optional(db.pool())
     .await?
     .flatten();
-    let leases = sqlx::query(
-        "SELECT min(next_check_at) FILTER (WHERE state IN ('pending', 'recheck')
+    let leases = sqlx::query(concat!(
+        "WITH live AS (SELECT owner FROM passes WHERE outcome = 'running' AND ",
+        passes::heartbeat_fresh!(), ")
+         SELECT min(next_check_at) FILTER (WHERE state IN ('pending', 'recheck')
                                                   AND next_check_at <= $1
                                                   AND (lease_token IS NULL OR lease_expires_at <= $1))
                     AS oldest_due,
                 count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at <= $1) AS expired,
-                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at > $1) AS leased
+                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at > $1
+                                   AND EXISTS (SELECT 1 FROM live WHERE live.owner = lease_owner)) AS leased,
+                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at > $1
+                                   AND NOT EXISTS (SELECT 1 FROM live WHERE live.owner = lease_owner))
+                    AS abandoned_leases
          FROM sends
          WHERE (state IN ('pending', 'recheck') AND next_check_at <= $1) OR lease_token IS NOT NULL",
-    )
+    ))
     .bind(now)
     .fetch_one(db.pool())
     .await?;
@@ -143,6 +152,7 @@ pub async fn read(db: &Db, now: DateTime<Utc>, passes: i64) -> Result<Status, sq
         oldest_due: leases.try_get("oldest_due")?,
         expired_leases: leases.try_get("expired")?,
         leased: leases.try_get("leased")?,
+        abandoned_leases: leases.try_get("abandoned_leases")?,
         conversions_pending: conversions.try_get("pending")?,
         conversions_in_doubt: conversions.try_get("in_doubt")?,
         conversions_rejected: conversions.try_get("rejected")?,
@@ -198,8 +208,9 @@ impl Status {
         let _ = writeln!(out, "oldest due send: {oldest}");
         let _ = writeln!(
             out,
-            "leases: {} held by a running pass, {} expired (a pass died; the next pass takes them)",
-            self.leased, self.expired_leases
+            "leases: {} held by a running pass, {} held by an abandoned pass (they run out by themselves), \
+             {} expired (a pass died; the next pass takes them)",
+            self.leased, self.abandoned_leases, self.expired_leases
         );
         let _ = writeln!(
             out,

@@ -68,7 +68,9 @@ async fn a_pass_killed_half_way_loses_and_duplicates_nothing(pool: PgPool) {
             "--concurrency",
             "8",
             "--lease",
-            "2s",
+            "30s",
+            "--request-timeout",
+            "10s",
             "--batch-size",
             "100",
         ])
@@ -100,8 +102,8 @@ async fn a_pass_killed_half_way_loses_and_duplicates_nothing(pool: PgPool) {
             .unwrap();
     assert!(leased > 0, "the kill left sends in flight");
 
-    // The leases expire; the next pass picks those sends up.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // The leases expire (on the database's clock); the next pass picks those sends up.
+    expire_leases(&pool, "sends").await;
     let mut second = bin(&pool, Some(&sim));
     second.args(["run", "--concurrency", "32"]);
     let out = blocking(move || output(&mut second)).await;

@@ -20,6 +20,7 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The simulator; only ids with the `missing-` prefix are unknown to it.
@@ -239,7 +240,7 @@ async fn a_pass_killed_mid_postback_duplicates_only_what_was_in_flight(pool: PgP
         cmd
     };
     let mut first = bin()
-        .args(["run", "--no-rates", "--concurrency", "8", "--lease", "2s"])
+        .args(["run", "--no-rates", "--concurrency", "8", "--lease", "60s"])
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -258,7 +259,8 @@ async fn a_pass_killed_mid_postback_duplicates_only_what_was_in_flight(pool: PgP
     }
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Its leases run out (on the database's clock).
+    expire_leases(&pool, "conversions").await;
 
     let dir = tempfile::tempdir().unwrap();
     let summary_path = dir.path().join("summary.json");
@@ -388,8 +390,26 @@ async fn a_backlog_of_sends_does_not_starve_the_postbacks(pool: PgPool) {
     .await;
     let client = client(&sim, Duration::from_secs(2));
     let mut settings = postbacks_only(4);
-    settings.max_runtime = Some(Duration::from_secs(2));
-    let summary = run_pass(&db, &client, &settings).await;
+    settings.max_runtime = Some(Duration::from_secs(60));
+    // The pass's clock is moved past the records' share of --max-runtime (70%, not the
+    // postbacks' 90%) once the simulator has answered 100 record fetches: at 50 ms each,
+    // four at a time, the backlog of 3,000 is far from done, however fast the machine.
+    let clock = Arc::new(otp_reconcile::clock::AdjustableClock::default());
+    let deps = otp_reconcile::pass::Deps {
+        db: &db,
+        client: &client,
+        clock: clock.clone(),
+        interrupt: tokio_util::sync::CancellationToken::new(),
+        progress: otp_reconcile::progress::Progress::hidden(),
+    };
+    let driver = async {
+        while sim.stats().total_requests < 100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        clock.advance(Duration::from_secs(45));
+    };
+    let (summary, ()) = tokio::join!(otp_reconcile::pass::run(deps, &settings), driver);
+    let summary = summary.unwrap();
     assert_eq!(summary.ended, Ended::MaxRuntime);
     assert!(summary.checked < 3_000, "{}", summary.checked);
     assert_eq!(summary.conversions.sent, 20, "{:?}", summary.conversions);

@@ -237,7 +237,7 @@ async fn check_history(pool: &PgPool, db: &Db, case: usize, window: Window, step
                     .unwrap();
                 }
                 now = now.max(start + TimeDelta::hours(i64::from(*hours)));
-                rates::compute(db, now, &rules).await.unwrap();
+                rates::compute(db, now, &rules, &[]).await.unwrap();
                 let (from, until) = rules.range(now);
                 let open = open_windows(pool, interval).await;
                 let expected: BTreeMap<Key, (i64, i64)> = plain_full(pool, interval)

@@ -382,22 +382,22 @@ async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(10, "lease")).await;
     let now = chrono::Utc::now();
-    let first = sends::claim(&db, now, 10, Duration::from_secs(1), "slow-pass", None)
-        .await
-        .unwrap();
+    let all = otp_reconcile::lease::Scope::default();
+    let first = sends::claim(
+        &db,
+        now,
+        &claim_of(10, Duration::from_secs(60), "slow-pass", &all),
+    )
+    .await
+    .unwrap();
     assert_eq!(first.len(), 10);
     // Nothing is due while the lease holds.
-    assert!(
-        sends::claim(&db, now, 10, Duration::from_secs(60), "other", None)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    // After it expires another pass claims them.
-    let later = now + chrono::Duration::seconds(2);
-    let second = sends::claim(&db, later, 10, Duration::from_secs(60), "other", None)
-        .await
-        .unwrap();
+    let other = claim_of(10, Duration::from_secs(60), "other", &all);
+    assert!(sends::claim(&db, now, &other).await.unwrap().is_empty());
+    // After it expires (on the database's clock) another pass claims them.
+    assert_eq!(expire_leases(&pool, "sends").await, 10);
+    let later = now + chrono::Duration::seconds(61);
+    let second = sends::claim(&db, later, &other).await.unwrap();
     assert_eq!(second.len(), 10);
 
     let complete = |claimed: &[sends::Claimed], state: SendState| -> Vec<Completion> {

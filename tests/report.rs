@@ -593,18 +593,16 @@ async fn status_shows_depth_leases_conversions_and_passes(pool: PgPool) {
     let (db, sim) = dataset(&pool, 100, end).await;
     insert_sends(&db, &new_sends(7, "waiting")).await;
     // A pass that died holding five sends: its lease has run out.
+    let all = otp_reconcile::lease::Scope::default();
     let dead = sends::claim(
         &db,
         Utc::now(),
-        5,
-        Duration::from_millis(1),
-        "dead-pass",
-        None,
+        &claim_of(5, Duration::from_secs(60), "dead-pass", &all),
     )
     .await
     .unwrap();
     assert_eq!(dead.len(), 5);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    expire_leases(&pool, "sends").await;
     let out = Command::new(env!("CARGO_BIN_EXE_otp-reconcile"))
         .env("DATABASE_URL", db_url(&pool))
         .args(["status", "--json"])

@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// Also write the pass's summary as JSON to this file.
     #[arg(long, env = "SUMMARY_JSON")]
     pub summary_json: Option<std::path::PathBuf>,
+    /// Work on this app's sends, conversions and rates only (repeatable); all if unset.
+    #[arg(long = "app-id", value_name = "APP")]
+    pub app_ids: Vec<String>,
 }
 
 /// How a pass runs.
@@ -154,6 +157,11 @@ impl PassArgs {
                 "--concurrency, --batch-size, --writers and --max-attempts must be positive".into(),
             ));
         }
+        if self.lease.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--lease must be positive: a claim holds its items that long".into(),
+            ));
+        }
         if self.rate.is_some_and(|r| !(r.is_finite() && r >= 0.001)) {
             return Err(ConfigError::Invalid(
                 "--rate must be a number of requests per second, at least 0.001".into(),
@@ -225,7 +233,10 @@ pub fn exit_for(summary: &Summary) -> Exit {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
-    let settings = args.pass.settings()?;
+    let settings = PassSettings {
+        apps: args.app_ids.clone(),
+        ..args.pass.settings()?
+    };
     if args.dry_run {
         let db = args.db.connect_checked().await?;
         dry_run(&db, &settings, clock::system()).await?;
@@ -312,6 +323,7 @@ pub async fn connect_for_pass(
     settings: &PassSettings,
 ) -> anyhow::Result<(Db, ProviderClient)> {
     let provider = provider.settings()?;
+    pass::check_lease(settings.lease, provider.request_timeout).map_err(ConfigError::Invalid)?;
     let db = db
         .with_at_least(settings.writers + 2)
         .connect_checked()
@@ -329,7 +341,7 @@ pub async fn pass_with_progress(
 ) -> Result<Summary, DbError> {
     let clock = clock::system();
     let interrupt = interrupt_on_signal();
-    let due: i64 = sends::due(db, clock.now(), settings.shard)
+    let due: i64 = sends::due(db, clock.now(), &settings.scope())
         .await?
         .iter()
         .map(|d| d.count)
@@ -350,7 +362,11 @@ pub async fn pass_with_progress(
 
 /// Prints what is due, by state and app, and the calls and time a pass would take.
 async fn dry_run(db: &Db, settings: &PassSettings, clock: SharedClock) -> Result<(), DbError> {
-    let due = sends::due(db, clock.now(), settings.shard).await?;
+    let scope = settings.scope();
+    if !scope.apps.is_empty() {
+        println!("apps: {} only", scope.apps.join(", "));
+    }
+    let due = sends::due(db, clock.now(), &scope).await?;
     let total: i64 = due.iter().map(|d| d.count).sum();
     println!("{:<10} {:<34} {:>10}  oldest due", "state", "app", "due");
     for d in &due {
@@ -365,7 +381,7 @@ async fn dry_run(db: &Db, settings: &PassSettings, clock: SharedClock) -> Result
     println!("{total} sends due: {total} record fetches, plus retries on transient failures");
     let mut calls = total;
     if settings.postbacks {
-        let due = conversions::due(db, clock.now(), settings.shard).await?;
+        let due = conversions::due(db, clock.now(), &scope).await?;
         let n: i64 = due.iter().map(|d| d.count).sum();
         for d in &due {
             println!("conversions {:<4} {:<34} {:>10}", d.kind, d.app_id, d.count);
@@ -374,7 +390,7 @@ async fn dry_run(db: &Db, settings: &PassSettings, clock: SharedClock) -> Result
         calls += n;
     }
     if let Some(rules) = &settings.rates {
-        let n = rates::preview(db, clock.now(), rules).await?;
+        let n = rates::preview(db, clock.now(), rules, &scope.apps).await?;
         println!("{n} conversion-rate windows to post");
         calls += n;
     }

@@ -6,6 +6,7 @@
 //! The pass ends when nothing is due, at `--max-runtime`, on a signal, or at the first
 //! answer that refuses our credentials; what was claimed but not worked is released.
 
+mod held;
 mod pipeline;
 mod postbacks;
 mod rate_posts;
@@ -17,12 +18,14 @@ pub use summary::{Ended, Summary};
 use crate::clock::SharedClock;
 use crate::db::{Db, DbError};
 use crate::decide::Schedule;
+use crate::lease::{Claim, Scope};
 use crate::passes;
 use crate::progress::Progress;
 use crate::provider::{Failure, Gate, ProviderClient, RetryPolicy};
 use crate::rates::Rules;
 use crate::revisions::{self, Report};
 use crate::sends::{self, Range, Shard};
+pub(crate) use held::Held;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Mutex;
@@ -51,6 +54,10 @@ pub struct PassSettings {
     /// How long a claim holds a send.
     #[serde(serialize_with = "crate::ser::duration")]
     pub lease: Duration,
+    /// How often the pass renews its leases and its heartbeat; `None`: a third of the
+    /// lease.
+    #[serde(serialize_with = "crate::ser::optional_duration")]
+    pub renew_every: Option<Duration>,
     #[serde(serialize_with = "crate::ser::optional_duration")]
     pub max_runtime: Option<Duration>,
     /// After a stop, how long in-flight requests may take before they are abandoned.
@@ -61,6 +68,8 @@ pub struct PassSettings {
     pub retry: RetryPolicy,
     pub max_attempts: usize,
     pub shard: Option<Shard>,
+    /// Only these apps' sends, conversions and rates (`--app-id`); all if empty.
+    pub apps: Vec<String>,
     /// Post conversions back (`--no-postbacks` turns it off).
     pub postbacks: bool,
     /// Compute and post conversion rates; `None` (`--no-rates`) turns it off.
@@ -80,16 +89,56 @@ impl Default for PassSettings {
             rate: None,
             burst: 1,
             lease: Duration::from_secs(300),
+            renew_every: None,
             max_runtime: None,
             grace: Duration::from_secs(20),
             schedule: Schedule::default(),
             retry: RetryPolicy::default(),
             max_attempts: RetryPolicy::default().max_attempts,
             shard: None,
+            apps: Vec::new(),
             postbacks: true,
             rates: Some(Rules::default()),
             owner: default_owner(),
         }
+    }
+}
+
+/// A lease must outlast this many request timeouts: renewed every third of it, it then
+/// always has at least one request timeout left, so a request never outlives it.
+pub const LEASE_TIMEOUTS: u32 = 3;
+
+/// Refuses a lease too short for the requests made under it: zero, or shorter than
+/// [`LEASE_TIMEOUTS`] request timeouts.
+pub fn check_lease(lease: Duration, request_timeout: Duration) -> Result<(), String> {
+    let least = request_timeout * LEASE_TIMEOUTS;
+    if lease.is_zero() || lease < least {
+        return Err(format!(
+            "--lease {} is too short: it must be at least {LEASE_TIMEOUTS} times \
+             --request-timeout ({}), that is {} or more, so that no request outlives \
+             the lease it is sent under",
+            humantime::format_duration(lease),
+            humantime::format_duration(request_timeout),
+            humantime::format_duration(least),
+        ));
+    }
+    Ok(())
+}
+
+impl PassSettings {
+    /// The shard and apps the pass works on.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            shard: self.shard,
+            apps: self.apps.clone(),
+        }
+    }
+
+    /// How often leases and the heartbeat are renewed.
+    pub fn renew_interval(&self) -> Duration {
+        self.renew_every
+            .unwrap_or(self.lease / 3)
+            .max(Duration::from_millis(10))
     }
 }
 
@@ -133,8 +182,10 @@ impl Task {
     }
 }
 
-/// Runs one pass to its end and records it. A database failure is an error (exit 4);
-/// every other ending is in the summary.
+/// Runs one pass to its end and records it (best effort when the database failed).
+/// Every ending is in the summary, a database failure mid-pass too (`Ended::Failed`,
+/// exit 4, with its cause chain); an error only when the pass could not start or its
+/// end could not be recorded.
 pub async fn run(deps: Deps<'_>, settings: &PassSettings) -> Result<Summary, DbError> {
     lifecycle(deps, settings, &Task::Run).await
 }
@@ -177,8 +228,18 @@ async fn lifecycle(
     } = deps;
     let started = Instant::now();
     let parameters = serde_json::json!({ "settings": settings, "task": task });
-    let pass_id = passes::start(db, task.kind(), &settings.owner, clock.now(), &parameters).await?;
-    let cleared = sends::clear_dead_leases(db, clock.now()).await?;
+    // Three renewals missed: the pass is gone.
+    let heartbeat_timeout = settings.renew_interval() * 3;
+    let pass_id = passes::start(
+        db,
+        task.kind(),
+        &settings.owner,
+        clock.now(),
+        &parameters,
+        heartbeat_timeout,
+    )
+    .await?;
+    let cleared = sends::clear_dead_leases(db).await?;
     if cleared > 0 {
         tracing::info!(
             cleared,
@@ -197,9 +258,10 @@ async fn lifecycle(
         let statements_before = db.statements();
         let run = Run {
             pass_id,
-            started,
+            started: clock.now(),
             cut_short: std::sync::atomic::AtomicBool::new(false),
             task,
+            scope: settings.scope(),
             db,
             client,
             clock: &clock,
@@ -210,6 +272,13 @@ async fn lifecycle(
             counters: &counters,
             fatal: &fatal,
             progress: &progress,
+            held: Holdings {
+                sends: held::Holdings::new(&sends::DUE),
+                conversions: held::Holdings::new(&crate::conversions::DUE),
+                rates: held::Holdings::new(&crate::rates::DUE),
+            },
+            margin: client.request_timeout(),
+            renew_failed: Mutex::new(None),
         };
 
                 // The deadline, a signal or a fatal answer stops claiming and new requests;
@@ -219,7 +288,7 @@ async fn lifecycle(
         let timers = async {
             match settings.max_runtime {
                 Some(limit) => tokio::select! {
-                    _ = tokio::time::sleep(limit) => {
+                    _ = crate::clock::sleep_until(&*clock, crate::clock::after(run.started, limit), DEADLINE_CHECK) => {
                         tracing::info!("max runtime reached: releasing what has not started");
                         hit_deadline.store(true, std::sync::atomic::Ordering::Relaxed);
                         stop.cancel();
@@ -236,13 +305,23 @@ async fn lifecycle(
         let result = tokio::select! {
             result = run.stages() => result,
             () = timers => unreachable!("the timers never end"),
+            () = run.keep_alive() => unreachable!("the renewals never end"),
+        };
+        let renew_failed = run.renew_failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let result = match renew_failed {
+            Some(e) => result.and(Err(e)),
+            None => result,
         };
         let hit_deadline = hit_deadline.into_inner() || run.cut_short.into_inner();
         progress.finish();
 
         let fatal = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
         let (ended, error) = match (&result, &fatal) {
-            (Err(e), _) => (Ended::Failed, Some(format!("{e:#}"))),
+            (Err(e), _) => {
+                let chain = crate::db::cause_chain(e);
+                tracing::error!(error = %chain, "the database failed mid-pass: stopping; the leases expire for the next pass");
+                (Ended::Failed, Some(chain))
+            }
             (Ok(()), Some(f)) => (Ended::CredentialsRefused, Some(f.to_string())),
             (Ok(()), None) if interrupt.is_cancelled() => (Ended::Interrupted, None),
             (Ok(()), None) if hit_deadline => (Ended::MaxRuntime, None),
@@ -268,8 +347,16 @@ async fn lifecycle(
             error.as_deref(),
         )
         .await;
-        result?;
-        recorded?;
+        match (result, recorded) {
+            // The database failed: the summary says so (exit 4); recording it was best
+            // effort (the pool opens a fresh connection if it can).
+            (Err(_), Err(e)) => tracing::error!(
+                error = %crate::db::cause_chain(&e),
+                "cannot record the failed pass: it shows as abandoned once its heartbeat is stale"
+            ),
+            (Err(_), Ok(())) => {}
+            (Ok(()), recorded) => recorded?,
+        }
         tracing::info!(ended = ended.as_str(), checked = summary.checked, "pass ended");
         Ok(summary)
     }
@@ -277,14 +364,20 @@ async fn lifecycle(
     .await
 }
 
+/// How often the deadlines (`--max-runtime` and the stages' shares of it) look at the
+/// clock.
+const DEADLINE_CHECK: Duration = Duration::from_millis(50);
+
 /// Everything the stages of one pass share.
 pub(crate) struct Run<'a> {
     pub pass_id: i64,
-    /// When the pass started, for the stages' shares of --max-runtime.
-    pub started: Instant,
+    /// When the pass started (on its clock), for the stages' shares of --max-runtime.
+    pub started: chrono::DateTime<chrono::Utc>,
     /// A stage stopped claiming at its share of --max-runtime.
     pub cut_short: std::sync::atomic::AtomicBool,
     pub task: &'a Task,
+    /// The shard and apps this pass claims.
+    pub scope: Scope,
     pub db: &'a Db,
     pub client: &'a ProviderClient,
     pub clock: &'a SharedClock,
@@ -296,6 +389,19 @@ pub(crate) struct Run<'a> {
     pub counters: &'a Counters,
     pub fatal: &'a Mutex<Option<Failure>>,
     pub progress: &'a Progress,
+    /// What each stage holds, renewed together.
+    pub held: Holdings,
+    /// A request is sent only while its lease has this long left: the request timeout.
+    pub margin: Duration,
+    /// The renewals failed: the pass stopped, and ends with this error.
+    pub renew_failed: Mutex<Option<DbError>>,
+}
+
+/// What a pass holds, per leased table.
+pub(crate) struct Holdings {
+    pub sends: held::Holdings,
+    pub conversions: held::Holdings,
+    pub rates: held::Holdings,
 }
 
 impl Run<'_> {
@@ -313,6 +419,7 @@ impl Run<'_> {
             writers: s.writers,
             concurrency: s.concurrency,
             write_interval: s.write_interval,
+            lease: s.lease,
         };
         if let Task::Replay(range) = self.task {
             let stage = records::Records::replaying(self, range.clone());
@@ -322,7 +429,7 @@ impl Run<'_> {
         // a backlog of sends never starves the postbacks and the rates.
         let share = |fraction: f64| {
             s.max_runtime
-                .map(|limit| self.started + limit.mul_f64(fraction))
+                .map(|limit| crate::clock::after(self.started, limit.mul_f64(fraction)))
         };
         self.stage(&records::Records::due(self), shape, share(0.7))
             .await?;
@@ -342,7 +449,7 @@ impl Run<'_> {
             && !self.stop.is_cancelled()
             && s.shard.is_none_or(|shard| shard.index == 0)
         {
-            let stage = rate_posts::RatePosts::prepare(self, rules).await?;
+            let stage = rate_posts::RatePosts::prepare(self, rules, &self.scope.apps).await?;
             self.stage(&stage, small, None).await?;
         }
         Ok(())
@@ -354,12 +461,12 @@ impl Run<'_> {
         &self,
         stage: &S,
         shape: pipeline::Shape,
-        until: Option<Instant>,
+        until: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(), DbError> {
         let stop = self.stop.child_token();
         let timer = async {
             if let Some(until) = until {
-                tokio::time::sleep_until(until.into()).await;
+                crate::clock::sleep_until(&**self.clock, until, DEADLINE_CHECK).await;
                 if !stop.is_cancelled() {
                     tracing::info!(
                         stage = stage.name(),
@@ -378,23 +485,94 @@ impl Run<'_> {
         }
     }
 
+    /// A claim of up to `limit` items in the pass's scope, none of `held`.
+    pub fn lease_claim<'b>(&'b self, limit: usize, held: &'b [i64]) -> Claim<'b> {
+        Claim {
+            limit,
+            lease: self.settings.lease,
+            owner: &self.settings.owner,
+            held,
+            scope: &self.scope,
+        }
+    }
+
     /// When an item whose retries ran out is tried again.
     pub fn retry_at(&self) -> chrono::DateTime<chrono::Utc> {
         crate::clock::after(self.clock.now(), self.settings.schedule.transient_delay)
     }
 
-    /// One call through the gate with the pass's retries. A fatal answer stops the
-    /// pass. `None` when the call was not made or its outcome is not to be recorded:
-    /// the item is released.
-    pub async fn call<T, F, Fut>(&self, call: F) -> Option<Result<T, Failure>>
+    /// Renews the leases of everything the pass holds (one statement per table) and
+    /// its heartbeat, every `renew_interval`, until the pass ends. If a renewal fails,
+    /// the pass stops: no lease is extended any more, so no request starts on one that
+    /// may be gone, and what is held is released.
+    async fn keep_alive(&self) {
+        let mut tick = tokio::time::interval(self.settings.renew_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.renew().await {
+                tracing::error!(error = %crate::db::cause_chain(&e), "cannot renew the leases: stopping the pass");
+                *self.renew_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                self.stop.cancel();
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    async fn renew(&self) -> Result<(), DbError> {
+        let lease = self.settings.lease;
+        for holdings in [&self.held.sends, &self.held.conversions, &self.held.rates] {
+            let lost = held::renew(self.db, holdings, lease).await?;
+            if lost > 0 {
+                tracing::warn!(
+                    table = holdings.table.name,
+                    lost,
+                    "leases taken over by another pass: their items are not worked"
+                );
+            }
+        }
+        passes::heartbeat(self.db, self.pass_id).await?;
+        Ok(())
+    }
+
+    /// One call through the gate with the pass's retries, each attempt sent only while
+    /// the item's lease (`held`) stays valid for at least the request timeout. A fatal
+    /// answer stops the pass. `None` when the call was not made or its outcome is not to
+    /// be recorded: the item is released.
+    pub async fn call<T, F, Fut>(&self, held: Held<'_>, mut call: F) -> Option<Result<T, Failure>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
+        if !held.usable(self.margin) {
+            return None;
+        }
+        let lease_short = std::cell::Cell::new(false);
+        let guarded = || {
+            let usable = held.usable(self.margin);
+            let attempt = call();
+            let lease_short = &lease_short;
+            async move {
+                if !usable {
+                    // Not sent: the retry loop ends on this, and the item is released.
+                    lease_short.set(true);
+                    return Err(Failure::Rejected {
+                        status: "lease".into(),
+                        reason: "the lease may run out before an answer".into(),
+                    });
+                }
+                attempt.await
+            }
+        };
         let outcome = tokio::select! {
-            outcome = self.settings.retry.run(self.gate, call) => outcome?,
+            outcome = self.settings.retry.run(self.gate, guarded) => outcome?,
             _ = self.abort.cancelled() => return None,
         };
+        if lease_short.get() {
+            tracing::debug!("lease too short for another attempt: released, not sent");
+            return None;
+        }
         match outcome {
             Err(failure @ Failure::Fatal { .. }) => {
                 let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,7 +9,9 @@
 //! - the writer collects results and writes them, `write_batch` at a time (or whatever
 //!   is there after `write_interval`), with up to `writers` writes in flight.
 
+use super::held::Holdings;
 use crate::db::DbError;
+use crate::lease::Leased;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -26,14 +28,20 @@ pub enum Worked<I, D> {
 
 /// One kind of work a pass does.
 pub trait Stage: Sync {
-    type Item: Send;
+    type Item: Send + Leased;
     type Done: Send;
 
     /// For logs.
     fn name(&self) -> &'static str;
 
-    /// Claims up to `limit` due items under a lease, committed at once.
-    async fn claim(&self, limit: usize) -> Result<Vec<Self::Item>, DbError>;
+    /// What the stage holds: claims add to it, writes and releases take from it.
+    fn holdings(&self) -> &Holdings;
+
+    /// The id of a worked item.
+    fn done_id(done: &Self::Done) -> i64;
+
+    /// Claims up to `limit` due items under a lease, committed at once, none of `held`.
+    async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Self::Item>, DbError>;
 
     /// Works one item.
     async fn work(&self, item: Self::Item) -> Worked<Self::Item, Self::Done>;
@@ -50,6 +58,8 @@ pub struct Shape {
     pub writers: usize,
     pub concurrency: usize,
     pub write_interval: Duration,
+    /// How long a claim holds an item.
+    pub lease: Duration,
 }
 
 /// Runs `stage` until nothing is due or `stop` is cancelled and everything claimed is
@@ -62,7 +72,7 @@ pub async fn run<S: Stage>(
     let claim_batch = shape.claim_batch.max(1);
     let (work_tx, mut work_rx) = mpsc::channel(claim_batch * 2);
     let (done_tx, done_rx) = mpsc::channel(shape.write_batch.max(1) * (shape.writers.max(1) + 1));
-    let claimer = claim_all(stage, claim_batch, work_tx, stop);
+    let claimer = claim_all(stage, claim_batch, shape.lease, work_tx, stop);
     let workers = async move {
         futures::stream::poll_fn(|cx| work_rx.poll_recv(cx))
             // Once the stage is stopping, what waits in the queue is given back unstarted.
@@ -91,6 +101,7 @@ pub async fn run<S: Stage>(
 async fn claim_all<S: Stage>(
     stage: &S,
     batch: usize,
+    lease: Duration,
     work: mpsc::Sender<S::Item>,
     stop: &CancellationToken,
 ) -> Result<(), DbError> {
@@ -106,8 +117,10 @@ async fn claim_all<S: Stage>(
             return Ok(());
         }
         let claiming = Instant::now();
+        // Never what the pass still holds (a lease taken over while its item waits).
+        let held = stage.holdings().ids();
         let claimed = stage
-            .claim(batch)
+            .claim(batch, &held)
             .instrument(tracing::debug_span!(
                 "claim",
                 stage = stage.name(),
@@ -123,6 +136,7 @@ async fn claim_all<S: Stage>(
         if claimed.is_empty() {
             return Ok(());
         }
+        stage.holdings().claimed(&claimed, claiming, lease);
         for (permit, item) in permits.zip(claimed) {
             permit.send(item);
         }
@@ -151,7 +165,13 @@ async fn write_all<S: Stage>(
         );
         async move {
             let started = Instant::now();
+            let ids: Vec<i64> = done
+                .iter()
+                .map(S::done_id)
+                .chain(released.iter().map(Leased::id))
+                .collect();
             stage.write(done, released).await?;
+            stage.holdings().done(ids);
             tracing::debug!(ms = started.elapsed().as_millis() as u64, "wrote a batch");
             Ok::<(), DbError>(())
         }

@@ -3,14 +3,16 @@
 //! rejected, tried again later when the failure was transient.
 
 use super::Run;
+use super::held::{Held, Holdings};
 use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::conversions::{self, Claimed, Done, Kind};
 use crate::db::DbError;
+use crate::lease;
 use crate::ledger::{Posted, outcome_unknown};
 use crate::provider::{OtpPostback, SmsPostback};
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use tracing::Instrument;
 
 pub struct Postbacks<'a> {
@@ -25,17 +27,17 @@ impl Stage for Postbacks<'_> {
         "postbacks"
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
+    fn holdings(&self) -> &Holdings {
+        &self.run.held.conversions
+    }
+
+    fn done_id(done: &Done) -> i64 {
+        done.id
+    }
+
+    async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
         let r = self.run;
-        let claimed = conversions::claim(
-            r.db,
-            r.clock.now(),
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            r.settings.lease,
-            &r.settings.owner,
-            r.settings.shard,
-        )
-        .await?;
+        let claimed = conversions::claim(r.db, r.clock.now(), &r.lease_claim(limit, held)).await?;
         Counters::add(&r.counters.conversions.claimed, claimed.len() as u64);
         Ok(claimed)
     }
@@ -62,8 +64,12 @@ impl Stage for Postbacks<'_> {
             // reached the provider: a later acknowledgement may be a duplicate.
             let doubt = Cell::new(c.in_doubt);
             let in_flight = Cell::new(false);
+            let held = Held {
+                holdings: &r.held.conversions,
+                id: c.id,
+            };
             let outcome = r
-                .call(|| async {
+                .call(held, || async {
                     in_flight.set(true);
                     let answer = match c.kind {
                         Kind::Otp => {
@@ -105,20 +111,22 @@ impl Stage for Postbacks<'_> {
     async fn write(&self, done: Vec<Done>, released: Vec<Claimed>) -> Result<(), DbError> {
         let r = self.run;
         let now = r.clock.now();
-        let held: HashSet<i64> = conversions::complete(r.db, now, &done)
+        let written: HashMap<i64, conversions::Written> = conversions::complete(r.db, now, &done)
             .await?
             .into_iter()
+            .map(|w| (w.id, w))
             .collect();
         let c = &r.counters.conversions;
         for d in &done {
-            if !held.contains(&d.id) {
+            let Some(w) = written.get(&d.id) else {
                 Counters::add(&c.lease_lost, 1);
                 continue;
-            }
+            };
             match d.posted {
                 Posted::Sent => {
                     Counters::add(&c.sent, 1);
-                    if d.in_doubt {
+                    // As the ledger has it: what this pass wrote as sent and in doubt.
+                    if w.in_doubt {
                         Counters::add(&c.possibly_duplicated, 1);
                     }
                 }
@@ -128,7 +136,7 @@ impl Stage for Postbacks<'_> {
         }
         Counters::add(
             &c.released,
-            conversions::release(r.db, now, &released).await?,
+            lease::release(r.db, &conversions::DUE, now, &released).await?,
         );
         Ok(())
     }

@@ -2,9 +2,11 @@
 //! then post each new window to `/otp/backfillRate` once (SPEC "One pass", step 6).
 
 use super::Run;
+use super::held::{Held, Holdings};
 use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::db::DbError;
+use crate::lease;
 use crate::ledger::{Posted, outcome_unknown};
 use crate::provider::BackfillRate;
 use crate::provider::api::rate_percent;
@@ -17,9 +19,14 @@ pub struct RatePosts<'a> {
 }
 
 impl<'a> RatePosts<'a> {
-    /// Computes the closed windows (one statement), then is ready to post them.
-    pub async fn prepare(run: &'a Run<'a>, rules: &Rules) -> Result<Self, DbError> {
-        let computed = rates::compute(run.db, run.clock.now(), rules).await?;
+    /// Computes the closed windows of `apps` (all if empty; one statement), then is ready
+    /// to post them.
+    pub async fn prepare(
+        run: &'a Run<'a>,
+        rules: &Rules,
+        apps: &[String],
+    ) -> Result<Self, DbError> {
+        let computed = rates::compute(run.db, run.clock.now(), rules, apps).await?;
         tracing::debug!(
             windows = computed.windows_computed,
             changed = computed.windows_changed,
@@ -46,16 +53,17 @@ impl Stage for RatePosts<'_> {
         "rates"
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
+    fn holdings(&self) -> &Holdings {
+        &self.run.held.rates
+    }
+
+    fn done_id(done: &Done) -> i64 {
+        done.window.id
+    }
+
+    async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
         let r = self.run;
-        let claimed = rates::claim(
-            r.db,
-            r.clock.now(),
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            r.settings.lease,
-            &r.settings.owner,
-        )
-        .await?;
+        let claimed = rates::claim(r.db, r.clock.now(), &r.lease_claim(limit, held)).await?;
         Counters::add(&r.counters.rates.claimed, claimed.len() as u64);
         Ok(claimed)
     }
@@ -76,8 +84,12 @@ impl Stage for RatePosts<'_> {
             let rate = rate_percent(converted, sent).unwrap_or_default();
             let doubt = Cell::new(window.in_doubt);
             let mut callback_at = r.clock.now();
+            let held = Held {
+                holdings: &r.held.rates,
+                id: window.id,
+            };
             let outcome = r
-                .call(|| {
+                .call(held, || {
                     // callbackTime is when it is posted: each attempt says its own time.
                     callback_at = r.clock.now();
                     let body = BackfillRate::new(
@@ -101,7 +113,10 @@ impl Stage for RatePosts<'_> {
                 })
                 .await;
             let Some(outcome) = outcome else {
-                return Worked::Release(window);
+                // Not sent, or stopped after an attempt of unknown outcome: released,
+                // in doubt if an attempt may have been applied.
+                let in_doubt = doubt.get();
+                return Worked::Release(Claimed { in_doubt, ..window });
             };
             Worked::Done(Done {
                 posted: Posted::from_outcome(outcome, r.retry_at()),
@@ -118,14 +133,13 @@ impl Stage for RatePosts<'_> {
     async fn write(&self, done: Vec<Done>, released: Vec<Claimed>) -> Result<(), DbError> {
         let r = self.run;
         let now = r.clock.now();
-        let written: std::collections::HashSet<_> = rates::complete(r.db, now, &done)
+        let written: std::collections::HashSet<i64> = rates::complete(r.db, now, &done)
             .await?
             .into_iter()
             .collect();
         let c = &r.counters.rates;
         for d in &done {
-            let w = &d.window;
-            if !written.contains(&(w.app_id.clone(), w.mcc, w.window_start)) {
+            if !written.contains(&d.window.id) {
                 continue;
             }
             match d.posted {
@@ -134,7 +148,10 @@ impl Stage for RatePosts<'_> {
                 Posted::Later { .. } => Counters::add(&c.later, 1),
             }
         }
-        Counters::add(&c.released, rates::release(r.db, now, &released).await?);
+        Counters::add(
+            &c.released,
+            lease::release(r.db, &rates::DUE, now, &released).await?,
+        );
         Ok(())
     }
 }

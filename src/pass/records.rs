@@ -2,10 +2,12 @@
 //! (SPEC "One pass", steps 1-4).
 
 use super::Run;
+use super::held::{Held, Holdings};
 use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::db::DbError;
 use crate::decide::{Checked, Decision, Recheck};
+use crate::lease::{self, Claim, Scope};
 use crate::provider::Failure;
 use crate::record::Fetched;
 use crate::revisions;
@@ -52,16 +54,30 @@ impl Stage for Records<'_> {
         "records"
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
+    fn holdings(&self) -> &Holdings {
+        &self.run.held.sends
+    }
+
+    fn done_id(done: &CheckedSend) -> i64 {
+        done.send.id
+    }
+
+    async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
         let r = self.run;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (now, lease, owner) = (r.clock.now(), r.settings.lease, &r.settings.owner);
         let claimed = match &self.replay {
-            None => sends::claim(r.db, now, limit, lease, owner, r.settings.shard).await?,
+            None => sends::claim(r.db, r.clock.now(), &r.lease_claim(limit, held)).await?,
             Some((range, after)) => {
                 let from = *after.lock().unwrap_or_else(|p| p.into_inner());
-                let claimed =
-                    sends::claim_range(r.db, now, range, from, limit, lease, owner).await?;
+                // A replay takes the range's apps, all shards.
+                let scope = Scope {
+                    shard: None,
+                    apps: range.app_ids.clone(),
+                };
+                let c = Claim {
+                    scope: &scope,
+                    ..r.lease_claim(limit, held)
+                };
+                let claimed = sends::claim_range(r.db, range, from, &c).await?;
                 if let Some(last) = claimed.iter().map(|c| c.id).max() {
                     *after.lock().unwrap_or_else(|p| p.into_inner()) = last;
                 }
@@ -81,8 +97,12 @@ impl Stage for Records<'_> {
         );
         let r = self.run;
         async {
+            let held = Held {
+                holdings: &r.held.sends,
+                id: send.id,
+            };
             let outcome = r
-                .call(|| async {
+                .call(held, || async {
                     match (&send.verification_id, &send.order_id) {
                         (Some(id), _) => r.client.record_by_verification_id(id).await,
                         (None, Some(order)) => {
@@ -149,13 +169,24 @@ impl Stage for Records<'_> {
                     last_error: c.decision.last_error.clone(),
                 })
                 .collect();
-            let fetched: Vec<(i64, &Fetched)> = batch
-                .iter()
-                .filter_map(|c| c.fetched.as_deref().map(|f| (c.send.id, f)))
-                .collect();
             let mut tx = r.db.pool().begin().await?;
             let replay = self.replay.is_some();
-            let held = sends::complete(&mut tx, now, &completions, replay).await?;
+            // Completed under their lease: each (id, token) once. Only those records are
+            // stored, so a batch never writes a send twice.
+            let completed: HashSet<(i64, uuid::Uuid)> =
+                sends::complete(&mut tx, now, &completions, replay)
+                    .await?
+                    .into_iter()
+                    .collect();
+            let mut seen = HashSet::new();
+            let fetched: Vec<(i64, &Fetched)> = batch
+                .iter()
+                .filter(|c| {
+                    completed.contains(&(c.send.id, c.send.lease)) && seen.insert(c.send.id)
+                })
+                .filter_map(|c| c.fetched.as_deref().map(|f| (c.send.id, f)))
+                .collect();
+            let held: Vec<i64> = completed.iter().map(|(id, _)| *id).collect();
             if replay {
                 let raw: Vec<(i64, &str)> = fetched
                     .iter()
@@ -174,24 +205,26 @@ impl Stage for Records<'_> {
                     2
                 },
             );
-            self.count(&batch, &held.into_iter().collect(), stored);
+            self.count(&batch, &completed, stored);
         }
-        if !released.is_empty() {
-            let held: Vec<_> = released.iter().map(|s| (s.id, s.lease)).collect();
-            let n = sends::release(r.db, now, &held).await?;
-            Counters::add(&r.counters.released, n);
-        }
+        let n = lease::release(r.db, &sends::DUE, now, &released).await?;
+        Counters::add(&r.counters.released, n);
         Ok(())
     }
 }
 
 impl Records<'_> {
-    fn count(&self, batch: &[CheckedSend], held: &HashSet<i64>, stored: store::Stored) {
+    fn count(
+        &self,
+        batch: &[CheckedSend],
+        held: &HashSet<(i64, uuid::Uuid)>,
+        stored: store::Stored,
+    ) {
         let c = self.run.counters;
         Counters::add(&c.records_changed, stored.records);
         Counters::add(&c.attempts_changed, stored.attempts);
         for checked in batch {
-            if !held.contains(&checked.send.id) {
+            if !held.contains(&(checked.send.id, checked.send.lease)) {
                 Counters::add(&c.lease_lost, 1);
                 continue;
             }

@@ -41,6 +41,7 @@ pub struct ProviderClient {
     api_key: String,
     api_secret: SecretString,
     max_answer_bytes: usize,
+    request_timeout: std::time::Duration,
     clock: SharedClock,
 }
 
@@ -61,8 +62,14 @@ impl ProviderClient {
             api_key: settings.api_key.clone(),
             api_secret: settings.api_secret.clone(),
             max_answer_bytes: settings.max_answer_bytes,
+            request_timeout: settings.request_timeout,
             clock,
         })
+    }
+
+    /// The longest a request may take, answer included.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.request_timeout
     }
 
     /// `GET /otp/verification/record/{verificationId}`.

@@ -333,3 +333,49 @@ pub async fn assert_matches_simulator(pool: &PgPool, sim: &SimHandle) -> usize {
     }
     settled
 }
+
+/// Moves every lease on `table` (`sends`, `conversions` or `conversion_rates`) into the
+/// past on the database's clock: what waiting for them to run out would do, at once.
+pub async fn expire_leases(pool: &PgPool, table: &str) -> u64 {
+    let sql = match table {
+        "sends" => {
+            "UPDATE sends
+             SET lease_expires_at = now() - interval '1 second',
+                 next_check_at = CASE WHEN next_check_at = lease_expires_at
+                                      THEN now() - interval '1 second' ELSE next_check_at END
+             WHERE lease_token IS NOT NULL"
+        }
+        "conversions" => {
+            "UPDATE conversions SET lease_expires_at = now() - interval '1 second',
+                                    next_attempt_at = now() - interval '1 second'
+             WHERE lease_token IS NOT NULL"
+        }
+        "conversion_rates" => {
+            "UPDATE conversion_rates SET lease_expires_at = now() - interval '1 second',
+                                         next_attempt_at = now() - interval '1 second'
+             WHERE lease_token IS NOT NULL"
+        }
+        other => panic!("{other} is not a leased table"),
+    };
+    sqlx::query(sql)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected()
+}
+
+/// A claim of up to `limit` items for `lease`, by `owner`, in every shard and app.
+pub fn claim_of<'a>(
+    limit: usize,
+    lease: Duration,
+    owner: &'a str,
+    scope: &'a otp_reconcile::lease::Scope,
+) -> otp_reconcile::lease::Claim<'a> {
+    otp_reconcile::lease::Claim {
+        limit,
+        lease,
+        owner,
+        held: &[],
+        scope,
+    }
+}
