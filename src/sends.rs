@@ -130,6 +130,8 @@ pub struct Claimed {
     /// Checks made before this one.
     pub attempts: i32,
     pub lease: Uuid,
+    /// When it was due before it was claimed: a release gives that back.
+    pub due_at: DateTime<Utc>,
 }
 
 /// Claims up to `limit` due sends for `lease_for`, committed at once. While leased, a
@@ -146,7 +148,7 @@ pub async fn claim(
     let Lease { token, expires } = Lease::claim(db, now, lease_for);
     let rows = sqlx::query(concat!(
         "WITH due AS (
-             SELECT id FROM sends
+             SELECT id, next_check_at AS due_at FROM sends
              WHERE state IN ('pending', 'recheck') AND next_check_at <= $1
                AND (lease_expires_at IS NULL OR lease_expires_at <= $1) AND ",
         in_shard!(
@@ -163,7 +165,7 @@ pub async fn claim(
              next_check_at = $7, updated_at = $1
          FROM due WHERE s.id = due.id
          RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
-                   s.state, s.attempts",
+                   s.state, s.attempts, due.due_at",
     ))
     .bind(now)
     .bind(limit)
@@ -191,6 +193,7 @@ fn claimed_rows(rows: &[sqlx::postgres::PgRow], token: Uuid) -> Result<Vec<Claim
                 state: SendState::parse(&state).unwrap_or(SendState::Recheck),
                 attempts: row.try_get("attempts")?,
                 lease: token,
+                due_at: row.try_get("due_at")?,
             })
         })
         .collect()
@@ -231,7 +234,7 @@ pub async fn claim_range(
          SET lease_token = $7, lease_owner = $8, lease_expires_at = $9
          FROM todo WHERE s.id = todo.id
          RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
-                   s.state, s.attempts",
+                   s.state, s.attempts, s.next_check_at AS due_at",
     )
     .bind(range.from)
     .bind(range.to)
@@ -313,12 +316,13 @@ pub async fn complete(
     .await
 }
 
-/// Gives back sends a pass claimed but did not check: due again at once, no check
-/// counted. Answers how many were still held.
+/// Gives back sends a pass claimed but did not check: due again when they were due
+/// before the claim (at once, or as they were for a replay), no check counted.
+/// Answers how many were still held.
 pub async fn release(
     db: &Db,
     now: DateTime<Utc>,
-    held: &[(i64, Uuid)],
+    held: &[Claimed],
 ) -> Result<u64, sqlx::Error> {
     if held.is_empty() {
         return Ok(0);
@@ -327,13 +331,14 @@ pub async fn release(
     Ok(sqlx::query(
         "UPDATE sends s
          SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-             next_check_at = $1, updated_at = $1
-         FROM unnest($2::bigint[], $3::uuid[]) AS u(id, lease)
+             next_check_at = u.due_at, updated_at = $1
+         FROM unnest($2::bigint[], $3::uuid[], $4::timestamptz[]) AS u(id, lease, due_at)
          WHERE s.id = u.id AND s.lease_token = u.lease",
     )
     .bind(now)
-    .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(held.iter().map(|(_, lease)| *lease).collect::<Vec<_>>())
+    .bind(held.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(held.iter().map(|c| c.lease).collect::<Vec<_>>())
+    .bind(held.iter().map(|c| c.due_at).collect::<Vec<_>>())
     .execute(db.pool())
     .await?
     .rows_affected())

@@ -19,7 +19,7 @@ use crate::db::{Db, DbError};
 use crate::decide::Schedule;
 use crate::passes;
 use crate::progress::Progress;
-use crate::provider::{Failure, Gate, ProviderClient, RetryPolicy};
+use crate::provider::{BreakerSettings, Failure, Gate, Health, ProviderClient, RetryPolicy};
 use crate::rates::Rules;
 use crate::revisions::{self, Report};
 use crate::sends::{self, Range, Shard};
@@ -60,6 +60,8 @@ pub struct PassSettings {
     #[serde(skip)]
     pub retry: RetryPolicy,
     pub max_attempts: usize,
+    /// When the provider counts as down and the pass stops.
+    pub breaker: BreakerSettings,
     pub shard: Option<Shard>,
     /// Post conversions back (`--no-postbacks` turns it off).
     pub postbacks: bool,
@@ -85,6 +87,7 @@ impl Default for PassSettings {
             schedule: Schedule::default(),
             retry: RetryPolicy::default(),
             max_attempts: RetryPolicy::default().max_attempts,
+            breaker: BreakerSettings::default(),
             shard: None,
             postbacks: true,
             rates: Some(Rules::default()),
@@ -190,7 +193,8 @@ async fn lifecycle(
         tracing::info!(concurrency = settings.concurrency, rate = ?settings.rate, "pass started");
                 let stop = interrupt.child_token();
         let abort = CancellationToken::new();
-        let gate = Gate::new(settings.rate, settings.burst, stop.clone());
+        let gate = Gate::new(settings.rate, settings.burst, stop.clone())
+            .with_breaker(settings.breaker);
         let counters = Counters::default();
         let fatal: Mutex<Option<Failure>> = Mutex::new(None);
         let retries_before = settings.retry.budget.left();
@@ -244,6 +248,12 @@ async fn lifecycle(
         let (ended, error) = match (&result, &fatal) {
             (Err(e), _) => (Ended::Failed, Some(format!("{e:#}"))),
             (Ok(()), Some(f)) => (Ended::CredentialsRefused, Some(f.to_string())),
+            (Ok(()), None) if gate.tripped().is_some() => (
+                Ended::ProviderUnavailable,
+                gate.tripped().map(|trip| {
+                    format!("{trip}; every send not checked was released for the next pass")
+                }),
+            ),
             (Ok(()), None) if interrupt.is_cancelled() => (Ended::Interrupted, None),
             (Ok(()), None) if hit_deadline => (Ended::MaxRuntime, None),
             (Ok(()), None) => (Ended::Done, None),
@@ -403,6 +413,14 @@ impl Run<'_> {
                     *fatal = Some(failure);
                 }
                 self.stop.cancel();
+                None
+            }
+            // The provider answered nothing lately: this failure is no check of the
+            // item, only a sign of the outage. The item is given back untouched (the
+            // breaker stops the pass, or a later claim tries it again).
+            Err(failure)
+                if failure.health() == Health::Failing && self.gate.provider_silent() =>
+            {
                 None
             }
             outcome => Some(outcome),

@@ -12,20 +12,31 @@ use crate::revisions;
 use crate::sends::{self, Claimed, Completion, Range, SendState};
 use crate::store;
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
+
+/// The answers held between their fetch and their write, in bytes at most: beyond it,
+/// workers wait for the writers (a batch of large answers cannot grow without bound).
+pub const ANSWER_BYTES_IN_MEMORY: usize = 32 * 1024 * 1024;
 
 pub struct Records<'a> {
     run: &'a Run<'a>,
     /// For a replay: the range, and the highest send id claimed so far.
     replay: Option<(Range, Mutex<i64>)>,
+    /// Bytes of answers waiting to be written (see [`ANSWER_BYTES_IN_MEMORY`]).
+    answer_bytes: Arc<Semaphore>,
 }
 
 impl<'a> Records<'a> {
     /// The sends that are due.
     pub fn due(run: &'a Run<'a>) -> Self {
-        Self { run, replay: None }
+        Self {
+            run,
+            replay: None,
+            answer_bytes: Arc::new(Semaphore::new(ANSWER_BYTES_IN_MEMORY)),
+        }
     }
 
     /// Every send in `range`, whatever its state, in id order.
@@ -33,6 +44,7 @@ impl<'a> Records<'a> {
         Self {
             run,
             replay: Some((range, Mutex::new(0))),
+            answer_bytes: Arc::new(Semaphore::new(ANSWER_BYTES_IN_MEMORY)),
         }
     }
 }
@@ -42,6 +54,8 @@ pub struct CheckedSend {
     send: Claimed,
     fetched: Option<Box<Fetched>>,
     decision: Decision,
+    /// Its share of [`ANSWER_BYTES_IN_MEMORY`], given back once written.
+    _bytes: Option<OwnedSemaphorePermit>,
 }
 
 impl Stage for Records<'_> {
@@ -123,10 +137,17 @@ impl Stage for Records<'_> {
                     .decide(send.sent_at, send.attempts, checked, r.clock.now())
                     .expect("fatal failures stop the pass before a decision"),
             };
+            let fetched = outcome.ok().map(Box::new);
+            let weight = fetched.as_ref().map_or(0, |f| f.raw.len()).min(ANSWER_BYTES_IN_MEMORY);
+            let bytes = match u32::try_from(weight) {
+                Ok(n) if n > 0 => Arc::clone(&self.answer_bytes).acquire_many_owned(n).await.ok(),
+                _ => None,
+            };
             Worked::Done(CheckedSend {
                 send,
-                fetched: outcome.ok().map(Box::new),
+                fetched,
                 decision,
+                _bytes: bytes,
             })
         }
         .instrument(span)
@@ -177,8 +198,7 @@ impl Stage for Records<'_> {
             self.count(&batch, &held.into_iter().collect(), stored);
         }
         if !released.is_empty() {
-            let held: Vec<_> = released.iter().map(|s| (s.id, s.lease)).collect();
-            let n = sends::release(r.db, now, &held).await?;
+            let n = sends::release(r.db, now, &released).await?;
             Counters::add(&r.counters.released, n);
         }
         Ok(())
