@@ -29,4 +29,5 @@ pub mod simulator;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod zone;

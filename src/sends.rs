@@ -210,6 +210,8 @@ pub struct Range {
 /// Claims, for a replay, up to `limit` sends in `range` with an id above `after`,
 /// whatever their state, skipping those another pass holds. Unlike [`claim`], it leaves
 /// `next_check_at` alone, so a send the replay does not change stays as it was.
+/// Also answers the ids it skipped up to the last one it claimed (held elsewhere), so
+/// that the replay can come back to them.
 pub async fn claim_range(
     db: &Db,
     now: DateTime<Utc>,
@@ -218,7 +220,7 @@ pub async fn claim_range(
     limit: i64,
     lease_for: Duration,
     owner: &str,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+) -> Result<(Vec<Claimed>, Vec<i64>), sqlx::Error> {
     let Lease { token, expires } = Lease::claim(db, now, lease_for);
     let rows = sqlx::query(
         "WITH todo AS (
@@ -229,12 +231,20 @@ pub async fn claim_range(
                AND (lease_expires_at IS NULL OR lease_expires_at <= $5)
              ORDER BY id
              LIMIT $6
-             FOR UPDATE SKIP LOCKED)
-         UPDATE sends s
-         SET lease_token = $7, lease_owner = $8, lease_expires_at = $9
-         FROM todo WHERE s.id = todo.id
-         RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
-                   s.state, s.attempts, s.next_check_at AS due_at",
+             FOR UPDATE SKIP LOCKED),
+         claimed AS (
+             UPDATE sends s
+             SET lease_token = $7, lease_owner = $8, lease_expires_at = $9
+             FROM todo WHERE s.id = todo.id
+             RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
+                       s.state, s.attempts, s.next_check_at AS due_at)
+         SELECT c.*,
+                (SELECT coalesce(array_agg(x.id), '{}') FROM sends x
+                 WHERE x.sent_at >= $1 AND x.sent_at < $2
+                   AND (cardinality($3::text[]) = 0 OR x.app_id = ANY($3))
+                   AND x.id > $4 AND x.id <= (SELECT max(id) FROM claimed)
+                   AND x.id NOT IN (SELECT id FROM claimed)) AS skipped
+         FROM claimed c",
     )
     .bind(range.from)
     .bind(range.to)
@@ -245,6 +255,64 @@ pub async fn claim_range(
     .bind(token)
     .bind(owner)
     .bind(expires)
+    .fetch_all(db.pool())
+    .await?;
+    let skipped = match rows.first() {
+        Some(row) => row.try_get("skipped")?,
+        None => Vec::new(),
+    };
+    Ok((claimed_rows(&rows, token)?, skipped))
+}
+
+/// The ids in `range` above `after`: what a replay's sweep left behind when its claims
+/// came back empty (held elsewhere).
+pub async fn ids_in_range(db: &Db, range: &Range, after: i64) -> Result<Vec<i64>, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_scalar(
+        "SELECT id FROM sends
+         WHERE sent_at >= $1 AND sent_at < $2
+           AND (cardinality($3::text[]) = 0 OR app_id = ANY($3))
+           AND id > $4
+         ORDER BY id",
+    )
+    .bind(range.from)
+    .bind(range.to)
+    .bind(&range.app_ids)
+    .bind(after)
+    .fetch_all(db.pool())
+    .await
+}
+
+/// Claims, for a replay, those of `ids` no other pass holds now, whatever their state,
+/// leaving `next_check_at` alone like [`claim_range`].
+pub async fn claim_ids(
+    db: &Db,
+    now: DateTime<Utc>,
+    ids: &[i64],
+    limit: i64,
+    lease_for: Duration,
+    owner: &str,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let Lease { token, expires } = Lease::claim(db, now, lease_for);
+    let rows = sqlx::query(
+        "WITH todo AS (
+             SELECT id FROM sends
+             WHERE id = ANY($1) AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
+             ORDER BY id
+             LIMIT $6
+             FOR UPDATE SKIP LOCKED)
+         UPDATE sends s
+         SET lease_token = $3, lease_owner = $4, lease_expires_at = $5
+         FROM todo WHERE s.id = todo.id
+         RETURNING s.id, s.app_id, s.verification_id, s.order_id, s.number, s.sent_at,
+                   s.state, s.attempts, s.next_check_at AS due_at",
+    )
+    .bind(ids)
+    .bind(now)
+    .bind(token)
+    .bind(owner)
+    .bind(expires)
+    .bind(limit)
     .fetch_all(db.pool())
     .await?;
     claimed_rows(&rows, token)

@@ -7,11 +7,12 @@ use super::summary::Counters;
 use crate::db::DbError;
 use crate::decide::{Checked, Decision, Recheck};
 use crate::provider::Failure;
-use crate::record::Fetched;
+use crate::record::{Fetched, Matched};
 use crate::revisions;
 use crate::sends::{self, Claimed, Completion, Range, SendState};
 use crate::store;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,8 +24,8 @@ pub const ANSWER_BYTES_IN_MEMORY: usize = 32 * 1024 * 1024;
 
 pub struct Records<'a> {
     run: &'a Run<'a>,
-    /// For a replay: the range, and the highest send id claimed so far.
-    replay: Option<(Range, Mutex<i64>)>,
+    /// For a replay: the range, and how far the replay is in it.
+    replay: Option<(Range, Mutex<Sweep>)>,
     /// Bytes of answers waiting to be written (see [`ANSWER_BYTES_IN_MEMORY`]).
     answer_bytes: Arc<Semaphore>,
 }
@@ -43,10 +44,29 @@ impl<'a> Records<'a> {
     pub fn replaying(run: &'a Run<'a>, range: Range) -> Self {
         Self {
             run,
-            replay: Some((range, Mutex::new(0))),
+            replay: Some((range, Mutex::new(Sweep::default()))),
             answer_bytes: Arc::new(Semaphore::new(ANSWER_BYTES_IN_MEMORY)),
         }
     }
+}
+
+/// How often a replay looks again for the sends another pass held.
+const HELD_POLL: Duration = Duration::from_secs(1);
+
+/// Where a replay is in its range: it sweeps it in id order, then comes back to the
+/// sends another pass held, until its deadline.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// The highest send id claimed by the sweep so far.
+    after: i64,
+    /// Sends passed over because another pass held them.
+    held: BTreeSet<i64>,
+    /// When the sweep reached the end of the range.
+    ended: Option<Instant>,
+}
+
+fn lock(sweep: &Mutex<Sweep>) -> std::sync::MutexGuard<'_, Sweep> {
+    sweep.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A checked send: its record when it was read, and what becomes of it.
@@ -54,6 +74,8 @@ pub struct CheckedSend {
     send: Claimed,
     fetched: Option<Box<Fetched>>,
     decision: Decision,
+    /// A replay's answer less final than what is stored: kept aside, not stored.
+    regression: bool,
     /// Its share of [`ANSWER_BYTES_IN_MEMORY`], given back once written.
     _bytes: Option<OwnedSemaphorePermit>,
 }
@@ -72,15 +94,7 @@ impl Stage for Records<'_> {
         let (now, lease, owner) = (r.clock.now(), r.settings.lease, &r.settings.owner);
         let claimed = match &self.replay {
             None => sends::claim(r.db, now, limit, lease, owner, r.settings.shard).await?,
-            Some((range, after)) => {
-                let from = *after.lock().unwrap_or_else(|p| p.into_inner());
-                let claimed =
-                    sends::claim_range(r.db, now, range, from, limit, lease, owner).await?;
-                if let Some(last) = claimed.iter().map(|c| c.id).max() {
-                    *after.lock().unwrap_or_else(|p| p.into_inner()) = last;
-                }
-                claimed
-            }
+            Some((range, sweep)) => self.claim_replay(range, sweep, limit).await?,
         };
         Counters::add(&r.counters.claimed, claimed.len() as u64);
         Ok(claimed)
@@ -137,6 +151,21 @@ impl Stage for Records<'_> {
                     .decide(send.sent_at, send.attempts, checked, r.clock.now())
                     .expect("fatal failures stop the pass before a decision"),
             };
+            // A replay never trades a final record for a less final answer (a settled
+            // send answered "still sending"): the stored record and attempts stay.
+            let regression = self.replay.is_some()
+                && send.state == SendState::Settled
+                && outcome.as_ref().is_ok_and(|f| less_final(&f.record));
+            let decision = if regression {
+                Decision {
+                    state: send.state,
+                    next_check_at: r.clock.now(),
+                    last_error: None,
+                    recheck: None,
+                }
+            } else {
+                decision
+            };
             let fetched = outcome.ok().map(Box::new);
             let weight = fetched.as_ref().map_or(0, |f| f.raw.len()).min(ANSWER_BYTES_IN_MEMORY);
             let bytes = match u32::try_from(weight) {
@@ -147,6 +176,7 @@ impl Stage for Records<'_> {
                 send,
                 fetched,
                 decision,
+                regression,
                 _bytes: bytes,
             })
         }
@@ -172,6 +202,12 @@ impl Stage for Records<'_> {
                 .collect();
             let fetched: Vec<(i64, &Fetched)> = batch
                 .iter()
+                .filter(|c| !c.regression)
+                .filter_map(|c| c.fetched.as_deref().map(|f| (c.send.id, f)))
+                .collect();
+            let regressions: Vec<(i64, &Fetched)> = batch
+                .iter()
+                .filter(|c| c.regression)
                 .filter_map(|c| c.fetched.as_deref().map(|f| (c.send.id, f)))
                 .collect();
             let mut tx = r.db.pool().begin().await?;
@@ -184,6 +220,17 @@ impl Stage for Records<'_> {
                     .collect();
                 revisions::capture(&mut tx, r.pass_id, now, &raw, &held).await?;
                 r.db.counted(1);
+                if !regressions.is_empty() {
+                    let kept: Vec<(i64, &str, Option<i64>)> = regressions
+                        .iter()
+                        .map(|(id, f)| {
+                            let matched = f.record.verification.matched.map(|m| m.code());
+                            (*id, f.raw.as_str(), matched)
+                        })
+                        .collect();
+                    revisions::keep_regressions(&mut tx, r.pass_id, now, &kept, &held).await?;
+                    r.db.counted(1);
+                }
             }
             let stored = store::store(&mut tx, now, &fetched, &held).await?;
             tx.commit().await?;
@@ -205,7 +252,86 @@ impl Stage for Records<'_> {
     }
 }
 
+/// True when a record is less final than a settled one: still sending, or unknown to
+/// the provider.
+fn less_final(record: &crate::record::Record) -> bool {
+    record.still_sending() || record.verification.matched == Some(Matched::NoSuchId)
+}
+
 impl Records<'_> {
+    /// A replay's claim: the next sends of its sweep; once the sweep is over, those
+    /// another pass held, as they come free, until the replay's deadline (its
+    /// --max-runtime, or one --lease after the sweep: a dead pass's lease has run out by
+    /// then).
+    async fn claim_replay(
+        &self,
+        range: &Range,
+        sweep: &Mutex<Sweep>,
+        limit: i64,
+    ) -> Result<Vec<Claimed>, DbError> {
+        let r = self.run;
+        let (lease, owner) = (r.settings.lease, &r.settings.owner);
+        let (after, ended) = {
+            let s = lock(sweep);
+            (s.after, s.ended)
+        };
+        let ended = match ended {
+            Some(ended) => ended,
+            None => {
+                let (claimed, skipped) =
+                    sends::claim_range(r.db, r.clock.now(), range, after, limit, lease, owner)
+                        .await?;
+                {
+                    let mut s = lock(sweep);
+                    s.held.extend(skipped);
+                    if let Some(last) = claimed.iter().map(|c| c.id).max() {
+                        s.after = last;
+                        return Ok(claimed);
+                    }
+                }
+                let rest = sends::ids_in_range(r.db, range, after).await?;
+                let mut s = lock(sweep);
+                s.held.extend(rest);
+                let now = Instant::now();
+                s.ended = Some(now);
+                if !s.held.is_empty() {
+                    tracing::info!(
+                        held = s.held.len(),
+                        "sends held by another pass: coming back to them as they come free"
+                    );
+                }
+                now
+            }
+        };
+        let deadline = ended + lease;
+        loop {
+            let held: Vec<i64> = lock(sweep).held.iter().copied().collect();
+            if held.is_empty() {
+                return Ok(Vec::new());
+            }
+            let claimed = sends::claim_ids(r.db, r.clock.now(), &held, limit, lease, owner).await?;
+            if !claimed.is_empty() {
+                let mut s = lock(sweep);
+                for c in &claimed {
+                    s.held.remove(&c.id);
+                }
+                return Ok(claimed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    held = held.len(),
+                    "sends still held by another pass at the replay's deadline: replay again"
+                );
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(HELD_POLL.min(deadline - now)) => {}
+                () = r.stop.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
     fn count(&self, batch: &[CheckedSend], held: &HashSet<i64>, stored: store::Stored) {
         let c = self.run.counters;
         Counters::add(&c.records_changed, stored.records);

@@ -275,7 +275,7 @@ impl Summary {
             error = self
                 .error
                 .as_ref()
-                .map(|e| format!(" ({e})"))
+                .map(|e| format!(" ({})", crate::text::escape(e)))
                 .unwrap_or_default(),
             claimed = self.claimed,
             checked = self.checked,

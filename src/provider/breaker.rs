@@ -5,8 +5,9 @@
 //! for the rest of the pass) when either
 //! - among the requests that ended in the last `window`, at least `min_failures`
 //!   failed and they are at least `ratio` of those that said anything, or
-//! - the last `min_failures` requests failed in a row, however long they took (a slow
-//!   rate or long timeouts never fill a window).
+//! - the last `min_failures` requests failed in a row and nothing was answered for a
+//!   whole `window` (a slow rate or long timeouts never fill a window; a few items that
+//!   fail alone at the end of a healthy pass do not open it).
 //!
 //! 429s say nothing either way. Times are passed in, so tests drive them.
 
@@ -123,7 +124,11 @@ impl Breaker {
         let min = s.min_failures.max(1);
         let trip = if failures >= min && failures as f64 >= s.ratio * in_window as f64 {
             Some((failures, in_window, format!("in the last {}", humantime::format_duration(s.window))))
-        } else if inner.streak >= min {
+        } else if inner.streak >= min
+            && inner
+                .last_answered
+                .is_none_or(|t| at.saturating_duration_since(t) > s.window)
+        {
             Some((inner.streak, inner.streak, "in a row".to_owned()))
         } else {
             None
@@ -208,12 +213,25 @@ mod tests {
     fn old_failures_leave_the_window_but_a_streak_still_opens_it() {
         let b = breaker();
         let t0 = Instant::now();
-        // A failure every 5 s: never 10 in a 10 s window, but 10 in a row.
-        for i in 0..9u64 {
+        // One answer, then a failure every 5 s: never 10 in a 10 s window, but 10 in a
+        // row with nothing answered for longer than the window.
+        b.record(t0, Health::Answered, cause);
+        for i in 1..10u64 {
             assert!(!b.record(t0 + Duration::from_secs(i * 5), Health::Failing, cause));
         }
-        assert!(b.record(t0 + Duration::from_secs(45), Health::Failing, cause));
+        assert!(b.record(t0 + Duration::from_secs(50), Health::Failing, cause));
         assert_eq!(b.tripped().unwrap().span, "in a row");
+
+        // Ten failures in a row right after answers (a few bad items at the end of a
+        // healthy pass) do not open it.
+        let b = breaker();
+        for _ in 0..30 {
+            b.record(t0, Health::Answered, cause);
+        }
+        for i in 0..12u64 {
+            assert!(!b.record(t0 + Duration::from_millis(i * 100), Health::Failing, cause));
+        }
+        assert_eq!(b.tripped(), None);
     }
 
     #[test]

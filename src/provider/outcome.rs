@@ -10,13 +10,14 @@ use serde_json::value::RawValue;
 use std::time::Duration;
 
 use super::scan::{self, Limits};
+use crate::text::escape;
 
 /// Why a call did not succeed, sorted by what the caller should do about it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Failure {
     /// The provider refused this item (-22, -14, or a code it does not document here).
     /// Sending the same request again will not help; keep the reason.
-    #[error("rejected by the provider (status {status}): {reason}")]
+    #[error("rejected by the provider (status {}): {}", escape(.status), escape(.reason))]
     Rejected { status: String, reason: String },
 
     /// Worth another try, after `after` if the provider said how long.
@@ -29,11 +30,11 @@ pub enum Failure {
     /// The provider said success but the answer cannot be read (a field that does not
     /// parse, an answer over the size cap). Keep the item for a later re-check and
     /// record the problem; an immediate retry would read the same answer.
-    #[error("unreadable answer: {problem}")]
+    #[error("unreadable answer: {}", escape(.problem))]
     Unreadable { problem: String },
 
     /// Every further call would fail the same way: stop the whole pass.
-    #[error("fatal: {cause} ({reason})")]
+    #[error("fatal: {cause} ({})", escape(.reason))]
     Fatal { cause: FatalCause, reason: String },
 }
 
@@ -42,22 +43,22 @@ pub enum Failure {
 pub enum Transient {
     #[error("timed out")]
     Timeout,
-    #[error("could not connect: {0}")]
+    #[error("could not connect: {}", escape(.0))]
     Connect(String),
-    #[error("connection failed mid-request: {0}")]
+    #[error("connection failed mid-request: {}", escape(.0))]
     Connection(String),
     #[error("HTTP {0}")]
     Http(u16),
     #[error("rate limited (HTTP 429)")]
     RateLimited,
     /// -18: the provider's own failure.
-    #[error("provider failure (status -18): {0}")]
+    #[error("provider failure (status -18): {}", escape(.0))]
     ProviderBusy(String),
     /// -16: the timestamp was stale; the retry is signed afresh.
-    #[error("timestamp expired (status -16): {0}")]
+    #[error("timestamp expired (status -16): {}", escape(.0))]
     TimestampExpired(String),
     /// Not JSON, truncated, or no status in it.
-    #[error("malformed answer: {0}")]
+    #[error("malformed answer: {}", escape(.0))]
     Malformed(String),
     /// An HTTP 4xx without the provider's JSON: something in between (a proxy, a load
     /// balancer) answered, not the provider. Never a verdict on the item.
