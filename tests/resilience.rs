@@ -112,8 +112,6 @@ async fn a_dead_provider_stops_the_pass_with_every_send_untouched(pool: PgPool) 
         assert_stopped_untouched(&pool, &summary, &before).await;
         let error = summary.error.clone().unwrap();
         assert!(error.contains("could not connect"), "{error}");
-        // It stopped at the breaker's first verdict, not after the retry budget.
-        assert!(summary.requests < 100, "{summary:?}");
     }
 }
 

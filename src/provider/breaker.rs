@@ -1,8 +1,9 @@
 //! The circuit breaker: when the provider is unreachable or failing on most requests,
 //! the pass stops instead of spending its retries on every send.
 //!
-//! Every request's outcome is recorded with its [`Health`]. The breaker opens (once,
-//! for the rest of the pass) when either
+//! Every request's outcome is recorded with its [`Health`]. The breaker judges once it
+//! has seen requests for a whole `window` (a slow start, a busy machine's first
+//! seconds, does not open it), and opens (once, for the rest of the pass) when either
 //! - among the requests that ended in the last `window`, at least `min_failures`
 //!   failed and they are at least `ratio` of those that said anything, or
 //! - the last `min_failures` requests failed in a row and nothing was answered for a
@@ -74,6 +75,8 @@ struct Inner {
     failures_in_window: usize,
     streak: usize,
     last_answered: Option<Instant>,
+    /// The first request recorded.
+    first: Option<Instant>,
     last_cause: String,
     trip: Option<Trip>,
 }
@@ -94,6 +97,9 @@ impl Breaker {
     pub fn record(&self, at: Instant, health: Health, cause: impl FnOnce() -> String) -> bool {
         let s = self.settings;
         let mut inner = self.lock();
+        if health != Health::Neutral && inner.first.is_none() {
+            inner.first = Some(at);
+        }
         let failed = match health {
             Health::Neutral => return false,
             Health::Answered => {
@@ -116,7 +122,8 @@ impl Breaker {
             inner.recent.pop_front();
             inner.failures_in_window -= usize::from(old_failed);
         }
-        if inner.trip.is_some() || !failed {
+        let first = inner.first.unwrap_or(at);
+        if inner.trip.is_some() || !failed || at.saturating_duration_since(first) < s.window {
             return false;
         }
         let in_window = inner.recent.len();
@@ -125,9 +132,7 @@ impl Breaker {
         let trip = if failures >= min && failures as f64 >= s.ratio * in_window as f64 {
             Some((failures, in_window, format!("in the last {}", humantime::format_duration(s.window))))
         } else if inner.streak >= min
-            && inner
-                .last_answered
-                .is_none_or(|t| at.saturating_duration_since(t) > s.window)
+            && at.saturating_duration_since(inner.last_answered.unwrap_or(first)) >= s.window
         {
             Some((inner.streak, inner.streak, "in a row".to_owned()))
         } else {
@@ -175,13 +180,15 @@ mod tests {
     fn opens_when_most_requests_in_the_window_fail() {
         let b = breaker();
         let t0 = Instant::now();
+        b.record(t0, Health::Answered, cause);
+        let t1 = t0 + Duration::from_secs(20);
         for i in 0..9 {
-            assert!(!b.record(t0 + Duration::from_millis(i), Health::Failing, cause));
-            assert!(!b.record(t0 + Duration::from_millis(i), Health::Answered, cause));
+            assert!(!b.record(t1 + Duration::from_millis(i), Health::Failing, cause));
+            assert!(!b.record(t1 + Duration::from_millis(i), Health::Answered, cause));
         }
         assert!(b.tripped().is_none());
         // The tenth failure: 10 of 19.
-        assert!(b.record(t0 + Duration::from_millis(20), Health::Failing, cause));
+        assert!(b.record(t1 + Duration::from_millis(20), Health::Failing, cause));
         let trip = b.tripped().unwrap();
         assert_eq!((trip.failed, trip.of), (10, 19));
         assert_eq!(
@@ -189,7 +196,35 @@ mod tests {
             "the provider is unavailable: 10 of 19 requests failed in the last 10s (last: could not connect)"
         );
         // It opens once.
-        assert!(!b.record(t0 + Duration::from_millis(21), Health::Failing, cause));
+        assert!(!b.record(t1 + Duration::from_millis(21), Health::Failing, cause));
+    }
+
+    #[test]
+    fn judges_only_after_a_whole_window() {
+        let b = breaker();
+        let t0 = Instant::now();
+        // A busy start: everything fails for 3 s, then answers come.
+        for i in 0..300u64 {
+            assert!(!b.record(t0 + Duration::from_millis(i * 10), Health::Failing, cause));
+        }
+        assert!(b.unanswered(t0 + Duration::from_secs(3)), "nothing answered yet");
+        for i in 300..1_500u64 {
+            b.record(t0 + Duration::from_millis(i * 10), Health::Answered, cause);
+        }
+        assert_eq!(b.tripped(), None);
+
+        // A provider down from the start opens it once a window has passed.
+        let b = breaker();
+        let mut opened_at = None;
+        for i in 0..2_000u64 {
+            let at = t0 + Duration::from_millis(i * 10);
+            if b.record(at, Health::Failing, cause) {
+                opened_at = Some(at - t0);
+                break;
+            }
+        }
+        assert_eq!(opened_at, Some(Duration::from_secs(10)));
+        assert_eq!(b.tripped().unwrap().span, "in the last 10s");
     }
 
     #[test]
@@ -225,11 +260,14 @@ mod tests {
         // Ten failures in a row right after answers (a few bad items at the end of a
         // healthy pass) do not open it.
         let b = breaker();
-        for _ in 0..30 {
-            b.record(t0, Health::Answered, cause);
+        b.record(t0, Health::Answered, cause);
+        for i in 0..30 {
+            let at = t0 + Duration::from_secs(20) + Duration::from_millis(i * 300);
+            b.record(at, Health::Answered, cause);
         }
         for i in 0..12u64 {
-            assert!(!b.record(t0 + Duration::from_millis(i * 100), Health::Failing, cause));
+            let at = t0 + Duration::from_secs(29) + Duration::from_millis(i * 100);
+            assert!(!b.record(at, Health::Failing, cause));
         }
         assert_eq!(b.tripped(), None);
     }
