@@ -4,8 +4,8 @@
 //! now.
 
 use crate::db::Db;
-use crate::text::escape;
 use crate::record::parse_decimal;
+use crate::text::escape;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;

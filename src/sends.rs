@@ -387,11 +387,7 @@ pub async fn complete(
 /// Gives back sends a pass claimed but did not check: due again when they were due
 /// before the claim (at once, or as they were for a replay), no check counted.
 /// Answers how many were still held.
-pub async fn release(
-    db: &Db,
-    now: DateTime<Utc>,
-    held: &[Claimed],
-) -> Result<u64, sqlx::Error> {
+pub async fn release(db: &Db, now: DateTime<Utc>, held: &[Claimed]) -> Result<u64, sqlx::Error> {
     if held.is_empty() {
         return Ok(0);
     }

@@ -116,9 +116,7 @@ async fn a_dead_provider_stops_the_pass_with_every_send_untouched(pool: PgPool) 
 }
 
 #[sqlx::test]
-async fn a_proxy_answering_400_without_json_rejects_no_send_and_opens_the_breaker(
-    pool: PgPool,
-) {
+async fn a_proxy_answering_400_without_json_rejects_no_send_and_opens_the_breaker(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(500, "proxy")).await;
     let before = send_rows(&pool).await;
@@ -130,16 +128,29 @@ async fn a_proxy_answering_400_without_json_rejects_no_send_and_opens_the_breake
         ..Faults::default()
     })
     .await;
-    let summary = run_pass(&db, &client(&sim, Duration::from_secs(2)), &with_default_retries()).await;
+    let summary = run_pass(
+        &db,
+        &client(&sim, Duration::from_secs(2)),
+        &with_default_retries(),
+    )
+    .await;
     assert_eq!(summary.rejected, 0);
     assert_eq!(count_by_state(&pool).await.get("rejected"), None);
     assert_stopped_untouched(&pool, &summary, &before).await;
     assert!(
-        summary.error.as_deref().unwrap().contains("HTTP 400 without a provider answer"),
+        summary
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("HTTP 400 without a provider answer"),
         "{:?}",
         summary.error
     );
-    assert!(sim.stats().answered("record_by_verification_id", "http_400") > 0);
+    assert!(
+        sim.stats()
+            .answered("record_by_verification_id", "http_400")
+            > 0
+    );
 }
 
 #[sqlx::test]
@@ -156,7 +167,12 @@ async fn a_5xx_storm_opens_the_breaker(pool: PgPool) {
         ..Faults::default()
     })
     .await;
-    let summary = run_pass(&db, &client(&sim, Duration::from_secs(2)), &with_default_retries()).await;
+    let summary = run_pass(
+        &db,
+        &client(&sim, Duration::from_secs(2)),
+        &with_default_retries(),
+    )
+    .await;
     assert_eq!(summary.ended, Ended::ProviderUnavailable, "{summary:?}");
     // What was checked before the breaker opened was written as usual; the rest is as
     // it was.
@@ -203,9 +219,7 @@ async fn a_healthy_provider_with_occasional_faults_does_not_open_the_breaker(poo
 }
 
 #[sqlx::test]
-async fn a_huge_answer_is_unreadable_with_the_cap_and_the_send_kept_for_a_recheck(
-    pool: PgPool,
-) {
+async fn a_huge_answer_is_unreadable_with_the_cap_and_the_send_kept_for_a_recheck(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(40, "huge")).await;
     let sim = simulator(Faults::default()).await;
@@ -217,7 +231,12 @@ async fn a_huge_answer_is_unreadable_with_the_cap_and_the_send_kept_for_a_rechec
     for id in &hostile {
         sim.script(Some(id), [Fault::HugeRecord]);
     }
-    let summary = run_pass(&db, &client(&sim, Duration::from_secs(5)), &quick_settings(32)).await;
+    let summary = run_pass(
+        &db,
+        &client(&sim, Duration::from_secs(5)),
+        &quick_settings(32),
+    )
+    .await;
     assert_eq!(summary.ended, Ended::Done);
     assert_eq!(summary.recheck_reasons.unreadable, 15, "{summary:?}");
     assert_eq!(summary.settled, 25);
@@ -259,8 +278,17 @@ async fn duplicate_keys_anywhere_make_an_answer_unreadable(pool: PgPool) {
     for id in top {
         sim.script(Some(&key(id)), [Fault::DuplicateStatus]);
     }
-    let summary = run_pass(&db, &client(&sim, Duration::from_secs(5)), &quick_settings(8)).await;
-    assert_eq!(summary.ended, Ended::Done, "a duplicate -1 status is no fatal answer");
+    let summary = run_pass(
+        &db,
+        &client(&sim, Duration::from_secs(5)),
+        &quick_settings(8),
+    )
+    .await;
+    assert_eq!(
+        summary.ended,
+        Ended::Done,
+        "a duplicate -1 status is no fatal answer"
+    );
     assert_eq!(summary.recheck_reasons.unreadable, 7, "{summary:?}");
     for send in stored_sends(&pool).await {
         let id = send
@@ -282,11 +310,10 @@ async fn duplicate_keys_anywhere_make_an_answer_unreadable(pool: PgPool) {
         }
     }
     // The sms money case of the issue: the second "pay" never becomes the stored money.
-    let stored_99: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM attempts WHERE amount = 99.99")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let stored_99: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts WHERE amount = 99.99")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(stored_99, 0);
 }
 
@@ -319,7 +346,12 @@ async fn settled_dataset(pool: &PgPool, n: usize) -> (Db, SimHandle, Range) {
         .collect();
     insert_sends(&db, &sends).await;
     let sim = simulator(Faults::default()).await;
-    let summary = run_pass(&db, &client(&sim, Duration::from_secs(5)), &replay_settings()).await;
+    let summary = run_pass(
+        &db,
+        &client(&sim, Duration::from_secs(5)),
+        &replay_settings(),
+    )
+    .await;
     assert_eq!(summary.settled, n as u64);
     let range = Range {
         from: sent_at - Delta::minutes(1),
@@ -352,9 +384,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// The attempt-level export of `range`, as (verification_id, channel, attempt) -> amount.
 async fn exported(pool: &PgPool, range: &Range) -> BTreeMap<(String, String, String), String> {
     let mut cmd = bin(pool);
-    cmd.args(["export", "--from", &range.from.to_rfc3339(), "--to", &range.to.to_rfc3339()]);
+    cmd.args([
+        "export",
+        "--from",
+        &range.from.to_rfc3339(),
+        "--to",
+        &range.to.to_rfc3339(),
+    ]);
     let out = blocking(move || cmd.output().unwrap()).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut reader = csv::Reader::from_reader(out.stdout.as_slice());
     reader
         .deserialize::<BTreeMap<String, String>>()
@@ -420,33 +462,37 @@ async fn a_replay_answered_less_final_keeps_the_stored_money_and_reports_a_regre
     let states = count_by_state(&pool).await;
     assert_eq!(states.get("settled"), Some(&60));
     // The refused answer is kept beside them.
-    let kept: Vec<(bool, Option<i64>)> = sqlx::query_as(
-        "SELECT regression, new_matched FROM record_revisions WHERE pass_id = $1",
-    )
-    .bind(summary.pass_id)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let kept: Vec<(bool, Option<i64>)> =
+        sqlx::query_as("SELECT regression, new_matched FROM record_revisions WHERE pass_id = $1")
+            .bind(summary.pass_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(kept.len(), with_calls.len());
     assert!(kept.iter().all(|k| *k == (true, Some(1))));
     // Reported on the terminal and in the JSON report.
     let text = report.render();
-    assert!(text.contains("less final than stored (regressions)"), "{text}");
+    assert!(
+        text.contains("less final than stored (regressions)"),
+        "{text}"
+    );
     for (_, id) in &with_calls {
         assert!(text.contains(id.as_str()), "{text}");
     }
     let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["regressions"].as_array().unwrap().len(), with_calls.len());
+    assert_eq!(
+        json["regressions"].as_array().unwrap().len(),
+        with_calls.len()
+    );
 }
 
 #[sqlx::test]
 async fn a_replay_comes_back_to_a_send_held_elsewhere_once_it_is_released(pool: PgPool) {
     let (db, sim, range) = settled_dataset(&pool, 40).await;
-    let held_id: i64 =
-        sqlx::query_scalar("SELECT id FROM sends WHERE verification_id = 'rp-v7'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let held_id: i64 = sqlx::query_scalar("SELECT id FROM sends WHERE verification_id = 'rp-v7'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     // Another pass holds it, for an hour.
     sqlx::query(
         "UPDATE sends SET lease_token = gen_random_uuid(), lease_owner = 'another-pass',
@@ -553,7 +599,12 @@ async fn control_characters_from_data_are_escaped_on_the_terminal(pool: PgPool) 
     let out = blocking(move || {
         use std::io::Write;
         let mut child = cmd.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(csv.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(csv.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     })
     .await;
@@ -561,7 +612,10 @@ async fn control_characters_from_data_are_escaped_on_the_terminal(pool: PgPool) 
     let err = stderr(&out);
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
     assert!(err.contains("\\x1b[2J\\x07"), "{err}");
-    assert!(!err.contains("app add"), "no hint to register what is no app id: {err}");
+    assert!(
+        !err.contains("app add"),
+        "no hint to register what is no app id: {err}"
+    );
 
     let mut cmd = bin(&pool);
     cmd.args(["app", "add", evil]);

@@ -196,7 +196,10 @@ pub async fn run(cli: Cli) -> Exit {
         Err(error) => {
             let exit = Exit::for_error(&error);
             tracing::error!(error = format!("{error:#}"), exit = exit.code(), "failed");
-            eprintln!("otp-reconcile: {}", crate::text::escape(&format!("{error:#}")));
+            eprintln!(
+                "otp-reconcile: {}",
+                crate::text::escape(&format!("{error:#}"))
+            );
             exit
         }
     }

@@ -415,11 +415,12 @@ impl Run<'_> {
                 self.stop.cancel();
                 None
             }
-            // The provider answered nothing lately: this failure is no check of the
-            // item, only a sign of the outage. The item is given back untouched (the
-            // breaker stops the pass, or a later claim tries it again).
+            // The provider answered nothing lately, or the breaker opened: this failure
+            // is no check of the item, only a sign of the outage. The item is given
+            // back untouched (the breaker stops the pass, or a later claim tries it).
             Err(failure)
-                if failure.health() == Health::Failing && self.gate.provider_silent() =>
+                if failure.health() == Health::Failing
+                    && (self.gate.provider_silent() || self.gate.tripped().is_some()) =>
             {
                 None
             }

@@ -12,9 +12,9 @@ use crate::revisions;
 use crate::sends::{self, Claimed, Completion, Range, SendState};
 use crate::store;
 use std::collections::{BTreeSet, HashSet};
-use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
@@ -167,9 +167,15 @@ impl Stage for Records<'_> {
                 decision
             };
             let fetched = outcome.ok().map(Box::new);
-            let weight = fetched.as_ref().map_or(0, |f| f.raw.len()).min(ANSWER_BYTES_IN_MEMORY);
+            let weight = fetched
+                .as_ref()
+                .map_or(0, |f| f.raw.len())
+                .min(ANSWER_BYTES_IN_MEMORY);
             let bytes = match u32::try_from(weight) {
-                Ok(n) if n > 0 => Arc::clone(&self.answer_bytes).acquire_many_owned(n).await.ok(),
+                Ok(n) if n > 0 => Arc::clone(&self.answer_bytes)
+                    .acquire_many_owned(n)
+                    .await
+                    .ok(),
                 _ => None,
             };
             Worked::Done(CheckedSend {

@@ -130,7 +130,11 @@ impl Breaker {
         let failures = inner.failures_in_window;
         let min = s.min_failures.max(1);
         let trip = if failures >= min && failures as f64 >= s.ratio * in_window as f64 {
-            Some((failures, in_window, format!("in the last {}", humantime::format_duration(s.window))))
+            Some((
+                failures,
+                in_window,
+                format!("in the last {}", humantime::format_duration(s.window)),
+            ))
         } else if inner.streak >= min
             && at.saturating_duration_since(inner.last_answered.unwrap_or(first)) >= s.window
         {
@@ -207,7 +211,10 @@ mod tests {
         for i in 0..300u64 {
             assert!(!b.record(t0 + Duration::from_millis(i * 10), Health::Failing, cause));
         }
-        assert!(b.unanswered(t0 + Duration::from_secs(3)), "nothing answered yet");
+        assert!(
+            b.unanswered(t0 + Duration::from_secs(3)),
+            "nothing answered yet"
+        );
         for i in 300..1_500u64 {
             b.record(t0 + Duration::from_millis(i * 10), Health::Answered, cause);
         }

@@ -17,8 +17,8 @@ pub use api::{BackfillRate, Endpoint, OrderIdQuery, OtpPostback, SmsPostback};
 pub use breaker::{Breaker, BreakerSettings, Trip};
 pub use gate::Gate;
 pub use outcome::{Failure, FatalCause, Health, Transient};
-pub use scan::Limits;
 pub use retry::{RetryBudget, RetryPolicy};
+pub use scan::Limits;
 
 use crate::clock::SharedClock;
 use crate::config::ProviderSettings;

@@ -109,21 +109,21 @@ impl Failure {
     /// The health this failure shows.
     pub fn health(&self) -> Health {
         match self {
-        Failure::Retry { cause, .. } => match cause {
-            Transient::RateLimited => Health::Neutral,
-            Transient::TimestampExpired(_) => Health::Answered,
-            Transient::Timeout
-            | Transient::Connect(_)
-            | Transient::Connection(_)
-            | Transient::Http(_)
-            | Transient::ProviderBusy(_)
-            | Transient::Malformed(_)
-            | Transient::NotProvider(_) => Health::Failing,
-        },
-        Failure::Rejected { .. } | Failure::Unreadable { .. } | Failure::Fatal { .. } => {
-            Health::Answered
+            Failure::Retry { cause, .. } => match cause {
+                Transient::RateLimited => Health::Neutral,
+                Transient::TimestampExpired(_) => Health::Answered,
+                Transient::Timeout
+                | Transient::Connect(_)
+                | Transient::Connection(_)
+                | Transient::Http(_)
+                | Transient::ProviderBusy(_)
+                | Transient::Malformed(_)
+                | Transient::NotProvider(_) => Health::Failing,
+            },
+            Failure::Rejected { .. } | Failure::Unreadable { .. } | Failure::Fatal { .. } => {
+                Health::Answered
+            }
         }
-    }
     }
 }
 

@@ -289,7 +289,8 @@ mod tests {
                 at: String::new()
             })
         );
-        let nested = r#"{"status":"0","data":{"sms":[{"pay":"1"},{"pay":"0.0051","pay":"99.99"}]}}"#;
+        let nested =
+            r#"{"status":"0","data":{"sms":[{"pay":"1"},{"pay":"0.0051","pay":"99.99"}]}}"#;
         let refused = scan(nested).unwrap_err();
         assert_eq!(
             refused,
@@ -298,10 +299,7 @@ mod tests {
                 at: "data.sms[1]".into()
             }
         );
-        assert_eq!(
-            refused.to_string(),
-            "duplicate key `pay` in `data.sms[1]`"
-        );
+        assert_eq!(refused.to_string(), "duplicate key `pay` in `data.sms[1]`");
         // An escaped key is the same key.
         assert!(scan(r#"{"a":1,"\u0061":2}"#).is_err());
         assert_eq!(scan(r#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#), Ok(()));
@@ -322,7 +320,7 @@ mod tests {
             Err(Refused::TooManyAttempts { limit: 3 })
         );
         // Elsewhere, objects are not attempts.
-        let elsewhere = format!(r#"{{"x":[{}]}}"#, vec!["{}"; 10].join(","));
+        let elsewhere = format!(r#"{{"x":[{}]}}"#, ["{}"; 10].join(","));
         assert_eq!(check(elsewhere.as_bytes(), limits), Ok(()));
     }
 

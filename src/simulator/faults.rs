@@ -213,7 +213,11 @@ impl Faults {
             .status
             .iter()
             .map(|(code, share)| (*share, Fault::Status(*code)))
-            .chain(r.http.iter().map(|(code, share)| (*share, Fault::Http(*code))));
+            .chain(
+                r.http
+                    .iter()
+                    .map(|(code, share)| (*share, Fault::Http(*code))),
+            );
         let u = draw.unit("fault");
         let mut acc = 0.0;
         for (share, fault) in table.into_iter().chain(statuses) {
