@@ -228,12 +228,13 @@ async fn a_huge_answer_is_unreadable_with_the_cap_and_the_send_kept_for_a_rechec
         .take(15)
         .map(|i| format!("huge-v{i}"))
         .collect();
+    // Every request about them, retries included (a busy machine may time one out).
     for id in &hostile {
-        sim.script(Some(id), [Fault::HugeRecord]);
+        sim.script(Some(id), [Fault::HugeRecord; 6]);
     }
     let summary = run_pass(
         &db,
-        &client(&sim, Duration::from_secs(5)),
+        &client(&sim, Duration::from_secs(60)),
         &quick_settings(32),
     )
     .await;
@@ -273,14 +274,14 @@ async fn duplicate_keys_anywhere_make_an_answer_unreadable(pool: PgPool) {
         None => id.to_owned(),
     };
     for id in nested {
-        sim.script(Some(&key(id)), [Fault::DuplicateKey]);
+        sim.script(Some(&key(id)), [Fault::DuplicateKey; 6]);
     }
     for id in top {
-        sim.script(Some(&key(id)), [Fault::DuplicateStatus]);
+        sim.script(Some(&key(id)), [Fault::DuplicateStatus; 6]);
     }
     let summary = run_pass(
         &db,
-        &client(&sim, Duration::from_secs(5)),
+        &client(&sim, Duration::from_secs(60)),
         &quick_settings(8),
     )
     .await;
@@ -348,7 +349,7 @@ async fn settled_dataset(pool: &PgPool, n: usize) -> (Db, SimHandle, Range) {
     let sim = simulator(Faults::default()).await;
     let summary = run_pass(
         &db,
-        &client(&sim, Duration::from_secs(5)),
+        &client(&sim, Duration::from_secs(60)),
         &replay_settings(),
     )
     .await;
@@ -433,7 +434,7 @@ async fn a_replay_answered_less_final_keeps_the_stored_money_and_reports_a_regre
     .collect();
     assert!(!with_calls.is_empty(), "the dataset has calls");
     for (_, id) in &with_calls {
-        sim.script(Some(id), [Fault::Regressed]);
+        sim.script(Some(id), [Fault::Regressed; 6]);
     }
     let export_before = exported(&pool, &range).await;
     let raw_before: Vec<_> = {
@@ -444,7 +445,7 @@ async fn a_replay_answered_less_final_keeps_the_stored_money_and_reports_a_regre
         v
     };
 
-    let (summary, report) = replay(&db, &client(&sim, Duration::from_secs(5)), &range).await;
+    let (summary, report) = replay(&db, &client(&sim, Duration::from_secs(60)), &range).await;
     assert_eq!(summary.ended, Ended::Done);
     let regressed: BTreeSet<i64> = report.regressions.iter().map(|g| g.send_id).collect();
     let expected: BTreeSet<i64> = with_calls.iter().map(|(id, _)| *id).collect();
@@ -505,7 +506,7 @@ async fn a_replay_comes_back_to_a_send_held_elsewhere_once_it_is_released(pool: 
     .unwrap();
     let fetched_before = sim.stats().fetches["rp-v7"].requests;
 
-    let client = client(&sim, Duration::from_secs(5));
+    let client = client(&sim, Duration::from_secs(60));
     // Once the replay fetched every other send of the range, the other pass lets go
     // (its lease expiry moved into the past).
     let others = || {

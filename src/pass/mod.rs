@@ -19,7 +19,7 @@ use crate::db::{Db, DbError};
 use crate::decide::Schedule;
 use crate::passes;
 use crate::progress::Progress;
-use crate::provider::{BreakerSettings, Failure, Gate, Health, ProviderClient, RetryPolicy};
+use crate::provider::{BreakerSettings, Failure, Gate, ProviderClient, RetryPolicy};
 use crate::rates::Rules;
 use crate::revisions::{self, Report};
 use crate::sends::{self, Range, Shard};
@@ -419,7 +419,7 @@ impl Run<'_> {
             // is no check of the item, only a sign of the outage. The item is given
             // back untouched (the breaker stops the pass, or a later claim tries it).
             Err(failure)
-                if failure.health() == Health::Failing
+                if failure.health().failed()
                     && (self.gate.provider_silent() || self.gate.tripped().is_some()) =>
             {
                 None

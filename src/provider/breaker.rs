@@ -10,7 +10,9 @@
 //!   whole `window` (a slow rate or long timeouts never fill a window; a few items that
 //!   fail alone at the end of a healthy pass do not open it).
 //!
-//! 429s say nothing either way. Times are passed in, so tests drive them.
+//! Timeouts count only toward the second rule (a busy machine times requests out while
+//! the provider answers others); 429s say nothing either way. Times are passed in, so
+//! tests drive them.
 
 use super::outcome::Health;
 use std::collections::VecDeque;
@@ -68,24 +70,37 @@ pub struct Breaker {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     /// (when, failed) of the requests in the window, oldest first.
     recent: VecDeque<(Instant, bool)>,
     failures_in_window: usize,
     streak: usize,
     last_answered: Option<Instant>,
-    /// The first request recorded.
-    first: Option<Instant>,
+    /// When the breaker was made (the pass started).
+    created: Instant,
     last_cause: String,
     trip: Option<Trip>,
 }
 
 impl Breaker {
     pub fn new(settings: BreakerSettings) -> Self {
+        Self::new_at(settings, Instant::now())
+    }
+
+    /// A breaker made at `created`.
+    pub fn new_at(settings: BreakerSettings, created: Instant) -> Self {
         Self {
             settings,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                recent: VecDeque::new(),
+                failures_in_window: 0,
+                streak: 0,
+                last_answered: None,
+                created,
+                last_cause: String::new(),
+                trip: None,
+            }),
         }
     }
 
@@ -97,9 +112,6 @@ impl Breaker {
     pub fn record(&self, at: Instant, health: Health, cause: impl FnOnce() -> String) -> bool {
         let s = self.settings;
         let mut inner = self.lock();
-        if health != Health::Neutral && inner.first.is_none() {
-            inner.first = Some(at);
-        }
         let failed = match health {
             Health::Neutral => return false,
             Health::Answered => {
@@ -112,6 +124,11 @@ impl Breaker {
                 inner.last_cause = cause();
                 true
             }
+            Health::TimedOut => {
+                inner.streak += 1;
+                inner.last_cause = cause();
+                return self.judge(&mut inner, at);
+            }
         };
         inner.recent.push_back((at, failed));
         inner.failures_in_window += usize::from(failed);
@@ -122,8 +139,16 @@ impl Breaker {
             inner.recent.pop_front();
             inner.failures_in_window -= usize::from(old_failed);
         }
-        let first = inner.first.unwrap_or(at);
-        if inner.trip.is_some() || !failed || at.saturating_duration_since(first) < s.window {
+        if !failed {
+            return false;
+        }
+        self.judge(&mut inner, at)
+    }
+
+    /// After a failure at `at`: opens the breaker if a rule says so.
+    fn judge(&self, inner: &mut Inner, at: Instant) -> bool {
+        let s = self.settings;
+        if inner.trip.is_some() || at.saturating_duration_since(inner.created) < s.window {
             return false;
         }
         let in_window = inner.recent.len();
@@ -136,7 +161,8 @@ impl Breaker {
                 format!("in the last {}", humantime::format_duration(s.window)),
             ))
         } else if inner.streak >= min
-            && at.saturating_duration_since(inner.last_answered.unwrap_or(first)) >= s.window
+            && at.saturating_duration_since(inner.last_answered.unwrap_or(inner.created))
+                >= s.window
         {
             Some((inner.streak, inner.streak, "in a row".to_owned()))
         } else {
@@ -172,8 +198,12 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    thread_local! {
+        static T0: Instant = Instant::now();
+    }
+
     fn breaker() -> Breaker {
-        Breaker::new(BreakerSettings::default())
+        Breaker::new_at(BreakerSettings::default(), T0.with(|t| *t))
     }
 
     fn cause() -> String {
@@ -183,7 +213,7 @@ mod tests {
     #[test]
     fn opens_when_most_requests_in_the_window_fail() {
         let b = breaker();
-        let t0 = Instant::now();
+        let t0 = T0.with(|t| *t);
         b.record(t0, Health::Answered, cause);
         let t1 = t0 + Duration::from_secs(20);
         for i in 0..9 {
@@ -206,7 +236,7 @@ mod tests {
     #[test]
     fn judges_only_after_a_whole_window() {
         let b = breaker();
-        let t0 = Instant::now();
+        let t0 = T0.with(|t| *t);
         // A busy start: everything fails for 3 s, then answers come.
         for i in 0..300u64 {
             assert!(!b.record(t0 + Duration::from_millis(i * 10), Health::Failing, cause));
@@ -237,7 +267,7 @@ mod tests {
     #[test]
     fn stays_closed_under_occasional_faults() {
         let b = breaker();
-        let t0 = Instant::now();
+        let t0 = T0.with(|t| *t);
         // One failure in twelve (8%), 10,000 requests over 100 s.
         for i in 0..10_000u64 {
             let health = if i % 12 == 0 {
@@ -254,7 +284,7 @@ mod tests {
     #[test]
     fn old_failures_leave_the_window_but_a_streak_still_opens_it() {
         let b = breaker();
-        let t0 = Instant::now();
+        let t0 = T0.with(|t| *t);
         // One answer, then a failure every 5 s: never 10 in a 10 s window, but 10 in a
         // row with nothing answered for longer than the window.
         b.record(t0, Health::Answered, cause);
@@ -280,9 +310,31 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_open_it_only_when_nothing_was_answered_for_a_window() {
+        let b = breaker();
+        let t0 = T0.with(|t| *t);
+        // A busy machine: most requests time out, some are answered.
+        for i in 0..3_000u64 {
+            let health = if i % 5 == 0 {
+                Health::Answered
+            } else {
+                Health::TimedOut
+            };
+            assert!(!b.record(t0 + Duration::from_millis(i * 10), health, cause));
+        }
+        // A provider that hangs: nothing answered for a window.
+        let at = t0 + Duration::from_secs(30);
+        for i in 0..20u64 {
+            b.record(at + Duration::from_millis(i * 600), Health::TimedOut, cause);
+        }
+        let trip = b.tripped().unwrap();
+        assert_eq!(trip.span, "in a row");
+    }
+
+    #[test]
     fn rate_limits_say_nothing_and_an_answer_ends_a_streak() {
         let b = breaker();
-        let t0 = Instant::now();
+        let t0 = T0.with(|t| *t);
         for _ in 0..100 {
             assert!(!b.record(t0, Health::Neutral, cause));
         }

@@ -84,15 +84,26 @@ pub enum FatalCause {
     Endpoint,
 }
 
+impl Health {
+    /// A failure of either kind.
+    pub fn failed(self) -> bool {
+        matches!(self, Health::Failing | Health::TimedOut)
+    }
+}
+
 /// What one request says about the provider's health, for the circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     /// The provider answered, whatever it said (success, a refusal, an unreadable
     /// record, -16).
     Answered,
-    /// Unreachable or failing: a connection error, a timeout, HTTP 5xx, an answer
-    /// without its JSON, -18 (its own failure).
+    /// Unreachable or failing: a connection error, HTTP 5xx, an answer without its
+    /// JSON, -18 (its own failure).
     Failing,
+    /// No answer in time: a provider that hangs, or a machine too busy to read its
+    /// answers. Weaker evidence than a failure: it opens the breaker only when nothing
+    /// was answered for a whole window.
+    TimedOut,
     /// Says nothing either way (429: we are too fast, not it down).
     Neutral,
 }
@@ -112,8 +123,8 @@ impl Failure {
             Failure::Retry { cause, .. } => match cause {
                 Transient::RateLimited => Health::Neutral,
                 Transient::TimestampExpired(_) => Health::Answered,
-                Transient::Timeout
-                | Transient::Connect(_)
+                Transient::Timeout => Health::TimedOut,
+                Transient::Connect(_)
                 | Transient::Connection(_)
                 | Transient::Http(_)
                 | Transient::ProviderBusy(_)
