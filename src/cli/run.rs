@@ -94,7 +94,7 @@ pub struct PassArgs {
     #[arg(long, env = "PASS_BREAKER_MIN_FAILURES", default_value_t = 10)]
     pub breaker_min_failures: usize,
     /// Circuit breaker: share of failing requests in the window (0 to 1) that stops the pass.
-    #[arg(long, env = "PASS_BREAKER_RATIO", default_value_t = 0.5)]
+    #[arg(long, env = "PASS_BREAKER_RATIO", default_value_t = 0.8)]
     pub breaker_ratio: f64,
     /// Do not post conversions back.
     #[arg(long, env = "NO_POSTBACKS", value_parser = clap::builder::BoolishValueParser::new())]

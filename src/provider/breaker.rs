@@ -37,7 +37,7 @@ impl Default for BreakerSettings {
         Self {
             window: Duration::from_secs(10),
             min_failures: 10,
-            ratio: 0.5,
+            ratio: 0.8,
         }
     }
 }
@@ -212,7 +212,13 @@ mod tests {
 
     #[test]
     fn opens_when_most_requests_in_the_window_fail() {
-        let b = breaker();
+        let b = Breaker::new_at(
+            BreakerSettings {
+                ratio: 0.5,
+                ..BreakerSettings::default()
+            },
+            T0.with(|t| *t),
+        );
         let t0 = T0.with(|t| *t);
         b.record(t0, Health::Answered, cause);
         let t1 = t0 + Duration::from_secs(20);
