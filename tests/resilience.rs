@@ -612,7 +612,7 @@ async fn control_characters_from_data_are_escaped_on_the_terminal(pool: PgPool) 
     assert_eq!(out.status.code(), Some(5));
     let err = stderr(&out);
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
-    assert!(err.contains("\\x1b[2J\\x07"), "{err}");
+    assert!(err.contains("\\u{1b}[2J\\u{7}"), "{err}");
     assert!(
         !err.contains("app add"),
         "no hint to register what is no app id: {err}"
@@ -624,7 +624,7 @@ async fn control_characters_from_data_are_escaped_on_the_terminal(pool: PgPool) 
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
-    assert!(err.contains("ev\\x1b[2J\\x07il"), "{err}");
+    assert!(err.contains("ev\\u{1b}[2J\\u{7}il"), "{err}");
 
     // Provider strings, as every command prints them.
     let refused = Failure::Rejected {
@@ -633,6 +633,6 @@ async fn control_characters_from_data_are_escaped_on_the_terminal(pool: PgPool) 
     };
     assert_eq!(
         refused.to_string(),
-        "rejected by the provider (status -22): bad\\x1b[31m\\u{9b}1m"
+        "rejected by the provider (status -22): bad\\u{1b}[31m\\u{9b}1m"
     );
 }
