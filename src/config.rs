@@ -57,6 +57,9 @@ pub struct ProviderSettings {
     pub request_timeout: Duration,
     /// Answers larger than this are an error, not an allocation.
     pub max_answer_bytes: usize,
+    /// Attempts (sms, call and sna together) one record may hold; more makes the answer
+    /// unreadable. Also bounds the JSON values of an answer (100 per attempt, plus 1000).
+    pub max_record_attempts: usize,
 }
 
 impl ProviderSettings {
@@ -78,6 +81,7 @@ impl ProviderSettings {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             max_answer_bytes: 1024 * 1024,
+            max_record_attempts: crate::provider::scan::DEFAULT_MAX_ATTEMPTS,
         })
     }
 }

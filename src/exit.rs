@@ -21,6 +21,9 @@ pub enum Exit {
     Database,
     /// 5: done, but some input lines were rejected (each reported on stderr).
     Rejected,
+    /// 6: the provider was unreachable or failing (the circuit breaker opened); nothing
+    /// was counted against the sends. Try again at the next schedule.
+    ProviderUnavailable,
     /// 130: interrupted by SIGINT or SIGTERM.
     Interrupted,
 }
@@ -34,6 +37,7 @@ impl Exit {
             Exit::Credentials => 3,
             Exit::Database => 4,
             Exit::Rejected => 5,
+            Exit::ProviderUnavailable => 6,
             Exit::Interrupted => 130,
         }
     }

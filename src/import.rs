@@ -327,9 +327,14 @@ fn known_app<'r>(
     let app_id = columns.get(record, "app_id").ok_or("app_id is empty")?;
     if known.contains(app_id) {
         Ok(app_id)
-    } else {
+    } else if crate::apps::valid_app_id(app_id) {
         Err(format!(
             "unknown app_id {app_id:?} (register it with `otp-reconcile app add {app_id}`)"
+        ))
+    } else {
+        Err(format!(
+            "app_id \"{}\" is not an app id (4-32 letters, digits, - or _)",
+            crate::text::escape(app_id)
         ))
     }
 }

@@ -33,7 +33,7 @@ pub struct Table {
     /// nor lost).
     pub renew: &'static str,
     /// Parameters: $1 now (host clock, when the item is due again), $2 ids, $3 tokens,
-    /// $4 in doubt.
+    /// $4 in doubt, $5 when each was due before its claim (NULL: unknown).
     pub release: &'static str,
 }
 
@@ -92,7 +92,9 @@ pub(crate) use expiry;
 /// - `order`: which first; `shard_key`: the expression a shard hashes;
 /// - `on_claim`, `on_renew`, `on_release`: more `SET` items (each starting with a comma,
 ///   or empty); `on_claim` may use the table's own parameters from $9, `on_release` $1
-///   (now) and `u.in_doubt`;
+///   (now), `u.in_doubt` and `u.due_at`;
+/// - `before` (optional): columns read before the claim writes, as `due.name` in
+///   `returning` (e.g. when the item was due, for a release that gives it back);
 /// - `returning`: the claimed rows' columns.
 macro_rules! leased_table {
     (
@@ -103,13 +105,16 @@ macro_rules! leased_table {
         on_claim: $on_claim:literal,
         on_renew: $on_renew:literal,
         on_release: $on_release:literal,
+        $(before: $before:literal,)?
         returning: $returning:literal $(,)?
     ) => {
         $crate::lease::Table {
             name: $table,
             claim: concat!(
                 "WITH due AS (
-                     SELECT id FROM ",
+                     SELECT t.id",
+                $($before,)?
+                " FROM ",
                 $table,
                 " t
                      WHERE ",
@@ -176,7 +181,8 @@ macro_rules! leased_table {
                 $crate::lease::lease_cleared!(),
                 $on_release,
                 "
-                 FROM unnest($2::bigint[], $3::uuid[], $4::bool[]) AS u(id, lease, in_doubt)
+                 FROM unnest($2::bigint[], $3::uuid[], $4::bool[], $5::timestamptz[])
+                      AS u(id, lease, in_doubt, due_at)
                  WHERE ",
                 $crate::lease::still_held!()
             ),
@@ -270,6 +276,10 @@ pub trait Leased {
     fn in_doubt(&self) -> bool {
         false
     }
+    /// When it was due before its claim, where the table keeps that.
+    fn due_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
 }
 
 /// Implements [`Leased`] for a claimed row type with fields `id` and `lease` (and
@@ -302,7 +312,8 @@ macro_rules! impl_leased {
 pub(crate) use impl_leased;
 
 /// Gives back items claimed but not finished, those still held only; due again at
-/// `now`, marked in doubt when an attempt's outcome is unknown. Answers how many were
+/// `now` (or, where the table says so, when they were due before the claim: no check
+/// counted), marked in doubt when an attempt's outcome is unknown. Answers how many were
 /// still held.
 pub async fn release(
     db: &Db,
@@ -319,6 +330,7 @@ pub async fn release(
         .bind(held.iter().map(Leased::id).collect::<Vec<_>>())
         .bind(held.iter().map(Leased::lease).collect::<Vec<_>>())
         .bind(held.iter().map(Leased::in_doubt).collect::<Vec<_>>())
+        .bind(held.iter().map(Leased::due_at).collect::<Vec<_>>())
         .execute(db.pool())
         .await?
         .rows_affected())

@@ -30,4 +30,5 @@ pub mod simulator;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod zone;

@@ -139,7 +139,13 @@ macro_rules! dirty_windows {
 macro_rules! in_apps {
     ($column:literal, $apps:literal) => {
         concat!(
-            "(cardinality(", $apps, "::text[]) = 0 OR ", $column, " = ANY(", $apps, "::text[]))"
+            "(cardinality(",
+            $apps,
+            "::text[]) = 0 OR ",
+            $column,
+            " = ANY(",
+            $apps,
+            "::text[]))"
         )
     };
 }

@@ -5,6 +5,7 @@
 
 use crate::db::Db;
 use crate::record::parse_decimal;
+use crate::text::escape;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -46,6 +47,58 @@ pub async fn capture(
     .rows_affected())
 }
 
+/// Keeps, for sends held by the caller's transaction, a replay answer less final than
+/// the stored record (`(send_id, raw, matched)`), beside the record and attempts as they
+/// are: the record is not replaced. Answers how many were kept.
+pub async fn keep_regressions(
+    conn: &mut PgConnection,
+    pass_id: i64,
+    now: DateTime<Utc>,
+    answers: &[(i64, &str, Option<i64>)],
+    held: &[i64],
+) -> Result<u64, sqlx::Error> {
+    if answers.is_empty() || held.is_empty() {
+        return Ok(0);
+    }
+    Ok(sqlx::query(
+        "INSERT INTO record_revisions (pass_id, send_id, revised_at, old_matched, old_raw,
+                                       old_attempts, regression, new_matched, new_raw)
+         SELECT $1, u.send_id, $2, r.matched, r.raw,
+                coalesce((SELECT jsonb_agg(to_jsonb(a) ORDER BY a.channel, a.position)
+                          FROM attempts a WHERE a.send_id = u.send_id), '[]'::jsonb),
+                true, u.matched, u.raw::jsonb
+         FROM unnest($3::bigint[], $4::text[], $5::bigint[]) AS u(send_id, raw, matched)
+         LEFT JOIN records r ON r.send_id = u.send_id
+         WHERE u.send_id = ANY($6::bigint[])
+         ON CONFLICT (pass_id, send_id) DO NOTHING",
+    )
+    .bind(pass_id)
+    .bind(now)
+    .bind(answers.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+    .bind(answers.iter().map(|(_, raw, _)| *raw).collect::<Vec<_>>())
+    .bind(answers.iter().map(|(_, _, m)| *m).collect::<Vec<_>>())
+    .bind(held)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// A settled send the replay found answered less final than stored: the stored record
+/// and attempts were kept.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Regression {
+    pub send_id: i64,
+    pub app_id: String,
+    pub verification_id: Option<String>,
+    pub order_id: Option<String>,
+    /// `matched` as stored (and kept).
+    pub matched_stored: Option<i64>,
+    /// `matched` in the answer that was not stored.
+    pub matched_answered: Option<i64>,
+    /// Attempts stored (and kept), with their money.
+    pub attempts_kept: usize,
+}
+
 /// One attempt's status and money, before or after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttemptMoney {
@@ -85,8 +138,11 @@ pub struct Report {
     /// Sends in the range that could not be re-fetched (transient failures or unreadable
     /// answers): they keep what they had.
     pub not_refetched: u64,
-    /// Sends in the range another pass held while the replay ran: not replayed.
+    /// Sends in the range another pass held until the replay's deadline: not replayed.
     pub held_elsewhere: u64,
+    /// Settled sends answered less final than stored (still sending, or unknown): the
+    /// stored record was kept, the answer is in `record_revisions`.
+    pub regressions: Vec<Regression>,
 }
 
 /// The change report of replay `pass_id`.
@@ -100,7 +156,7 @@ pub async fn report(db: &Db, pass_id: i64) -> Result<Report, sqlx::Error> {
          FROM record_revisions rv
          JOIN sends s ON s.id = rv.send_id
          JOIN records r ON r.send_id = rv.send_id
-         WHERE rv.pass_id = $1
+         WHERE rv.pass_id = $1 AND NOT rv.regression
          ORDER BY rv.send_id",
     )
     .bind(pass_id)
@@ -143,6 +199,31 @@ pub async fn report(db: &Db, pass_id: i64) -> Result<Report, sqlx::Error> {
         report.changed.push(change);
     }
     report.settle_difference.retain(|_, d| !d.is_zero());
+    db.counted(1);
+    report.regressions = sqlx::query(
+        "SELECT rv.send_id, s.app_id, s.verification_id, s.order_id,
+                rv.old_matched, rv.new_matched, jsonb_array_length(rv.old_attempts) AS kept
+         FROM record_revisions rv
+         JOIN sends s ON s.id = rv.send_id
+         WHERE rv.pass_id = $1 AND rv.regression
+         ORDER BY rv.send_id",
+    )
+    .bind(pass_id)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(Regression {
+            send_id: row.try_get("send_id")?,
+            app_id: row.try_get("app_id")?,
+            verification_id: row.try_get("verification_id")?,
+            order_id: row.try_get("order_id")?,
+            matched_stored: row.try_get("old_matched")?,
+            matched_answered: row.try_get("new_matched")?,
+            attempts_kept: usize::try_from(row.try_get::<i32, _>("kept")?).unwrap_or(0),
+        })
+    })
+    .collect::<Result<_, sqlx::Error>>()?;
     Ok(report)
 }
 
@@ -185,7 +266,13 @@ impl Report {
                 .as_deref()
                 .or(c.order_id.as_deref())
                 .unwrap_or("?");
-            let _ = writeln!(out, "  send {} ({}, {id})", c.send_id, c.app_id);
+            let _ = writeln!(
+                out,
+                "  send {} ({}, {})",
+                c.send_id,
+                escape(&c.app_id),
+                escape(id)
+            );
             if c.matched_before != c.matched_after {
                 let _ = writeln!(
                     out,
@@ -216,7 +303,7 @@ impl Report {
                         x.status.map_or("-".into(), |s| s.to_string()),
                         money(&x.amount),
                         money(&x.settle_amount),
-                        x.settle_currency.as_deref().unwrap_or("")
+                        escape(x.settle_currency.as_deref().unwrap_or(""))
                     ),
                 };
                 let _ = writeln!(
@@ -239,10 +326,41 @@ impl Report {
                 self.not_refetched
             );
         }
+        if !self.regressions.is_empty() {
+            let _ = writeln!(
+                out,
+                "{} settled sends were answered less final than stored (regressions): their \
+                 stored records and attempts were kept, the answers are in record_revisions",
+                self.regressions.len()
+            );
+            let _ = writeln!(
+                out,
+                "  {:>10}  {:<32}  {:<32}  {:>14}  {:>16}  {:>13}",
+                "send", "app", "id", "matched stored", "matched answered", "attempts kept"
+            );
+            let matched = |m: Option<i64>| m.map_or("-".to_owned(), |m| m.to_string());
+            for g in &self.regressions {
+                let id = g
+                    .verification_id
+                    .as_deref()
+                    .or(g.order_id.as_deref())
+                    .unwrap_or("?");
+                let _ = writeln!(
+                    out,
+                    "  {:>10}  {:<32}  {:<32}  {:>14}  {:>16}  {:>13}",
+                    g.send_id,
+                    escape(&g.app_id),
+                    escape(id),
+                    matched(g.matched_stored),
+                    matched(g.matched_answered),
+                    g.attempts_kept
+                );
+            }
+        }
         if self.held_elsewhere > 0 {
             let _ = writeln!(
                 out,
-                "{} sends were held by another pass and were not replayed: replay again",
+                "{} sends were held by another pass until the replay's deadline and were not replayed: replay again",
                 self.held_elsewhere
             );
         }

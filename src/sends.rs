@@ -129,11 +129,15 @@ pub struct Claimed {
     /// Checks made before this one.
     pub attempts: i32,
     pub lease: Uuid,
+    /// When it was due before it was claimed: a release gives that back.
+    pub due_at: DateTime<Utc>,
 }
 
 /// The sends a pass claims when they are due. While leased, a send's `next_check_at` is
 /// its lease expiry, so a crashed pass's sends come due again by themselves and claiming
-/// never walks over leased rows; a renewal moves both. $9: now.
+/// never walks over leased rows; a renewal moves both. A send given back unchecked is
+/// due when it was due before its claim (`due_at`): no check counted, nothing pushed
+/// back, so a pass stopped by an outage leaves its sends as they were. $9: now.
 pub static DUE: Table = leased_table! {
     table: "sends",
     due: "t.state IN ('pending', 'recheck') AND t.next_check_at <= $9",
@@ -143,8 +147,10 @@ pub static DUE: Table = leased_table! {
     on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
                                       THEN now() + $3::bigint * interval '1 millisecond'
                                       ELSE t.next_check_at END",
-    on_release: ", next_check_at = $1, updated_at = $1",
-    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts",
+    on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
+    before: ", t.next_check_at AS due_at",
+    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
+                due.due_at",
 };
 
 /// The sends a replay claims: in a range, whatever their state, in id order. It leaves
@@ -159,8 +165,25 @@ pub static IN_RANGE: Table = leased_table! {
     on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
                                       THEN now() + $3::bigint * interval '1 millisecond'
                                       ELSE t.next_check_at END",
-    on_release: ", next_check_at = $1, updated_at = $1",
-    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts",
+    on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
+    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
+                t.next_check_at AS due_at",
+};
+
+/// The sends a replay comes back to, by id, once the pass that held them let go: like
+/// [`IN_RANGE`], whatever their state. $9: the ids.
+pub static BY_ID: Table = leased_table! {
+    table: "sends",
+    due: "t.id = ANY($9::bigint[])",
+    order: "t.id",
+    shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
+    on_claim: "",
+    on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
+                                      THEN now() + $3::bigint * interval '1 millisecond'
+                                      ELSE t.next_check_at END",
+    on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
+    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
+                t.next_check_at AS due_at",
 };
 
 /// Claims up to `c.limit` due sends at `now`, committed at once.
@@ -187,6 +210,7 @@ fn claimed_rows(rows: &[sqlx::postgres::PgRow], token: Uuid) -> Result<Vec<Claim
                 state: SendState::parse(&state).unwrap_or(SendState::Recheck),
                 attempts: row.try_get("attempts")?,
                 lease: token,
+                due_at: row.try_get("due_at")?,
             })
         })
         .collect()
@@ -212,6 +236,38 @@ pub async fn claim_range(
     let (from, to) = (range.from, range.to);
     let (token, rows) =
         lease::claim(db, &IN_RANGE, c, |q| q.bind(from).bind(to).bind(after)).await?;
+    claimed_rows(&rows, token)
+}
+
+/// The ids in `range` above `after` (and up to `until`, if given), in id order: what a
+/// replay's sweep passed over because another pass held them.
+pub async fn ids_in_range(
+    db: &Db,
+    range: &Range,
+    after: i64,
+    until: Option<i64>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_scalar(
+        "SELECT id FROM sends
+         WHERE sent_at >= $1 AND sent_at < $2
+           AND (cardinality($3::text[]) = 0 OR app_id = ANY($3))
+           AND id > $4 AND ($5::bigint IS NULL OR id <= $5)
+         ORDER BY id",
+    )
+    .bind(range.from)
+    .bind(range.to)
+    .bind(&range.app_ids)
+    .bind(after)
+    .bind(until)
+    .fetch_all(db.pool())
+    .await
+}
+
+/// Claims, for a replay, those of `ids` no other pass holds now, whatever their state,
+/// leaving `next_check_at` alone like [`claim_range`].
+pub async fn claim_ids(db: &Db, ids: &[i64], c: &Claim<'_>) -> Result<Vec<Claimed>, sqlx::Error> {
+    let (token, rows) = lease::claim(db, &BY_ID, c, |q| q.bind(ids.to_vec())).await?;
     claimed_rows(&rows, token)
 }
 
@@ -281,7 +337,17 @@ pub async fn complete(
     .await
 }
 
-lease::impl_leased!(Claimed);
+impl lease::Leased for Claimed {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn lease(&self) -> Uuid {
+        self.lease
+    }
+    fn due_at(&self) -> Option<DateTime<Utc>> {
+        Some(self.due_at)
+    }
+}
 
 /// Clears leases that expired on sends no claim comes back for (settled, rejected or
 /// expired: a replay died holding them). Answers how many.

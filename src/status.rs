@@ -240,7 +240,7 @@ impl Status {
                 n("requests"),
                 p.error
                     .as_ref()
-                    .map(|e| format!(" ({e})"))
+                    .map(|e| format!(" ({})", crate::text::escape(e)))
                     .unwrap_or_default(),
             );
         }

@@ -52,7 +52,8 @@ pub async fn app(args: AppArgs) -> anyhow::Result<Exit> {
         AppAction::Add { app_id, name } => {
             if !apps::valid_app_id(&app_id) {
                 return Err(ConfigError::Invalid(format!(
-                    "app id {app_id:?} must be 4-32 letters, digits, - or _"
+                    "app id \"{}\" must be 4-32 letters, digits, - or _",
+                    crate::text::escape(&app_id)
                 ))
                 .into());
             }

@@ -112,7 +112,7 @@ fn csv_input(text: String) -> Box<dyn std::io::Read + Send> {
 }
 
 fn print_rejected(bad: &import::Rejected) {
-    eprintln!("line {}: {}", bad.line, bad.reason);
+    eprintln!("line {}: {}", bad.line, crate::text::escape(&bad.reason));
 }
 
 /// Where a demo run's sends may start: three hours ago, or later if earlier runs

@@ -48,7 +48,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Exit> {
             let input = open_input(&file)?;
             let db = db.connect_checked().await?;
             let report = import::import_sends(&db, input, |bad| {
-                eprintln!("line {}: {}", bad.line, bad.reason);
+                eprintln!("line {}: {}", bad.line, crate::text::escape(&bad.reason));
             })
             .await?;
             Ok(finish("sends", &report))
@@ -57,7 +57,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Exit> {
             let input = open_input(&file)?;
             let db = db.connect_checked().await?;
             let report = import::import_conversions(&db, input, |bad| {
-                eprintln!("line {}: {}", bad.line, bad.reason);
+                eprintln!("line {}: {}", bad.line, crate::text::escape(&bad.reason));
             })
             .await?;
             Ok(finish("conversions", &report))

@@ -142,6 +142,10 @@ pub struct ProviderArgs {
     /// Answers larger than this many bytes are an error.
     #[arg(long, env = "PROVIDER_MAX_ANSWER_BYTES", default_value_t = 1024 * 1024)]
     pub max_answer_bytes: usize,
+
+    /// Attempts one record may hold (sms, call and sna together); more is unreadable.
+    #[arg(long, env = "PROVIDER_MAX_RECORD_ATTEMPTS", default_value_t = crate::provider::scan::DEFAULT_MAX_ATTEMPTS)]
+    pub max_record_attempts: usize,
 }
 
 impl ProviderArgs {
@@ -159,6 +163,12 @@ impl ProviderArgs {
         settings.connect_timeout = self.connect_timeout;
         settings.request_timeout = self.request_timeout;
         settings.max_answer_bytes = self.max_answer_bytes;
+        if self.max_record_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-record-attempts must be positive".into(),
+            ));
+        }
+        settings.max_record_attempts = self.max_record_attempts;
         Ok(settings)
     }
 }
@@ -190,7 +200,10 @@ pub async fn run(cli: Cli) -> Exit {
         Err(error) => {
             let exit = Exit::for_error(&error);
             tracing::error!(error = format!("{error:#}"), exit = exit.code(), "failed");
-            eprintln!("otp-reconcile: {error:#}");
+            eprintln!(
+                "otp-reconcile: {}",
+                crate::text::escape(&format!("{error:#}"))
+            );
             exit
         }
     }

@@ -9,7 +9,7 @@ use crate::decide::Schedule;
 use crate::exit::Exit;
 use crate::pass::{self, Deps, Ended, PassSettings, Summary};
 use crate::progress::Progress;
-use crate::provider::{ProviderClient, RetryBudget, RetryPolicy};
+use crate::provider::{BreakerSettings, ProviderClient, RetryBudget, RetryPolicy};
 use crate::rates::{self, Rules, Window};
 use crate::sends::{self, Shard};
 use clap::Args;
@@ -90,6 +90,15 @@ pub struct PassArgs {
     /// Retries the whole pass may spend.
     #[arg(long, env = "PASS_RETRY_BUDGET", default_value_t = 20_000)]
     pub retry_budget: u64,
+    /// Circuit breaker: how far back the share of failing requests is counted.
+    #[arg(long, env = "PASS_BREAKER_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub breaker_window: Duration,
+    /// Circuit breaker: failing requests needed (in the window, or in a row) to stop.
+    #[arg(long, env = "PASS_BREAKER_MIN_FAILURES", default_value_t = 10)]
+    pub breaker_min_failures: usize,
+    /// Circuit breaker: share of failing requests in the window (0 to 1) that stops the pass.
+    #[arg(long, env = "PASS_BREAKER_RATIO", default_value_t = 0.8)]
+    pub breaker_ratio: f64,
     /// Do not post conversions back.
     #[arg(long, env = "NO_POSTBACKS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_postbacks: bool,
@@ -167,6 +176,16 @@ impl PassArgs {
                 "--rate must be a number of requests per second, at least 0.001".into(),
             ));
         }
+        if !(self.breaker_ratio > 0.0 && self.breaker_ratio <= 1.0)
+            || self.breaker_min_failures == 0
+            || self.breaker_window.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "--breaker-ratio must be above 0 and at most 1, --breaker-min-failures and \
+                 --breaker-window positive"
+                    .into(),
+            ));
+        }
         let shard = self.shard()?;
         // A shard takes its share of the rate and the burst.
         let of = shard.map_or(1, |s| s.of);
@@ -193,6 +212,11 @@ impl PassArgs {
                 ..RetryPolicy::default()
             },
             max_attempts: self.max_attempts,
+            breaker: BreakerSettings {
+                window: self.breaker_window,
+                min_failures: self.breaker_min_failures,
+                ratio: self.breaker_ratio,
+            },
             postbacks: !self.no_postbacks,
             rates: (!self.no_rates).then_some(Rules {
                 window: self.rate_window,
@@ -229,6 +253,7 @@ pub fn exit_for(summary: &Summary) -> Exit {
         Ended::CredentialsRefused => Exit::Credentials,
         Ended::Interrupted => Exit::Interrupted,
         Ended::Failed => Exit::Database,
+        Ended::ProviderUnavailable => Exit::ProviderUnavailable,
     }
 }
 

@@ -77,6 +77,22 @@ pub struct SimulateArgs {
     /// Share answered with more than 2 MiB.
     #[arg(long, default_value_t = 0.0)]
     pub oversized: f64,
+    /// Share answered with a record of about 1 MB holding 340,000 empty sms attempts.
+    #[arg(long, default_value_t = 0.0)]
+    pub huge_record: f64,
+    /// Share answered with a record whose first money field is written twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_key: f64,
+    /// Share answered with `status` written twice ({"status":"0","status":"-1",...}).
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_status: f64,
+    /// Share answered with the record turned back to still sending.
+    #[arg(long, default_value_t = 0.0)]
+    pub regressed: f64,
+    /// Share answered with another HTTP status and a non-JSON body, as CODE=SHARE
+    /// (repeatable: 400=1 for a misbehaving proxy).
+    #[arg(long = "http", value_parser = parse_http_share)]
+    pub https: Vec<(u16, f64)>,
     /// Share answered with a provider status code, as CODE=SHARE (repeatable: -18=0.01).
     #[arg(long = "status", value_parser = parse_status_share, allow_hyphen_values = true)]
     pub statuses: Vec<(i64, f64)>,
@@ -123,6 +139,14 @@ fn parse_status_share(s: &str) -> Result<(i64, f64), String> {
     Ok((code, share))
 }
 
+fn parse_http_share(s: &str) -> Result<(u16, f64), String> {
+    let (code, share) = parse_status_share(s)?;
+    match u16::try_from(code) {
+        Ok(code) if (100..600).contains(&code) => Ok((code, share)),
+        _ => Err(format!("{code} is not an HTTP status")),
+    }
+}
+
 impl SimulateArgs {
     fn config(&self) -> Result<SimConfig, config::ConfigError> {
         let shares = [
@@ -136,10 +160,15 @@ impl SimulateArgs {
             self.not_found_share,
             self.sending_share,
             self.cost_change_share,
+            self.huge_record,
+            self.duplicate_key,
+            self.duplicate_status,
+            self.regressed,
         ];
         if shares
             .iter()
             .chain(self.statuses.iter().map(|(_, s)| s))
+            .chain(self.https.iter().map(|(_, s)| s))
             .any(|s| !(0.0..=1.0).contains(s))
         {
             return Err(config::ConfigError::Invalid(
@@ -187,7 +216,12 @@ impl SimulateArgs {
                     truncated: self.truncated,
                     bad_record: self.bad_record,
                     oversized: self.oversized,
+                    huge_record: self.huge_record,
+                    duplicate_key: self.duplicate_key,
+                    duplicate_status: self.duplicate_status,
+                    regressed: self.regressed,
                     status: self.statuses.iter().copied().collect::<BTreeMap<_, _>>(),
+                    http: self.https.iter().copied().collect::<BTreeMap<_, _>>(),
                 },
             },
             script,

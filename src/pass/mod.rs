@@ -21,7 +21,7 @@ use crate::decide::Schedule;
 use crate::lease::{Claim, Scope};
 use crate::passes;
 use crate::progress::Progress;
-use crate::provider::{Failure, Gate, ProviderClient, RetryPolicy};
+use crate::provider::{BreakerSettings, Failure, Gate, ProviderClient, RetryPolicy};
 use crate::rates::Rules;
 use crate::revisions::{self, Report};
 use crate::sends::{self, Range, Shard};
@@ -67,6 +67,8 @@ pub struct PassSettings {
     #[serde(skip)]
     pub retry: RetryPolicy,
     pub max_attempts: usize,
+    /// When the provider counts as down and the pass stops.
+    pub breaker: BreakerSettings,
     pub shard: Option<Shard>,
     /// Only these apps' sends, conversions and rates (`--app-id`); all if empty.
     pub apps: Vec<String>,
@@ -95,6 +97,7 @@ impl Default for PassSettings {
             schedule: Schedule::default(),
             retry: RetryPolicy::default(),
             max_attempts: RetryPolicy::default().max_attempts,
+            breaker: BreakerSettings::default(),
             shard: None,
             apps: Vec::new(),
             postbacks: true,
@@ -251,7 +254,8 @@ async fn lifecycle(
         tracing::info!(concurrency = settings.concurrency, rate = ?settings.rate, "pass started");
                 let stop = interrupt.child_token();
         let abort = CancellationToken::new();
-        let gate = Gate::new(settings.rate, settings.burst, stop.clone());
+        let gate = Gate::new(settings.rate, settings.burst, stop.clone())
+            .with_breaker(settings.breaker);
         let counters = Counters::default();
         let fatal: Mutex<Option<Failure>> = Mutex::new(None);
         let retries_before = settings.retry.budget.left();
@@ -323,6 +327,12 @@ async fn lifecycle(
                 (Ended::Failed, Some(chain))
             }
             (Ok(()), Some(f)) => (Ended::CredentialsRefused, Some(f.to_string())),
+            (Ok(()), None) if gate.tripped().is_some() => (
+                Ended::ProviderUnavailable,
+                gate.tripped().map(|trip| {
+                    format!("{trip}; every send not checked was released for the next pass")
+                }),
+            ),
             (Ok(()), None) if interrupt.is_cancelled() => (Ended::Interrupted, None),
             (Ok(()), None) if hit_deadline => (Ended::MaxRuntime, None),
             (Ok(()), None) => (Ended::Done, None),
@@ -581,6 +591,15 @@ impl Run<'_> {
                     *fatal = Some(failure);
                 }
                 self.stop.cancel();
+                None
+            }
+            // The provider answered nothing lately, or the breaker opened: this failure
+            // is no check of the item, only a sign of the outage. The item is given
+            // back untouched (the breaker stops the pass, or a later claim tries it).
+            Err(failure)
+                if failure.health().failed()
+                    && (self.gate.provider_silent() || self.gate.tripped().is_some()) =>
+            {
                 None
             }
             outcome => Some(outcome),

@@ -16,6 +16,9 @@ pub enum Ended {
     CredentialsRefused,
     /// SIGINT or SIGTERM.
     Interrupted,
+    /// The circuit breaker opened: the provider was unreachable or failing on most
+    /// requests; what was not checked was released.
+    ProviderUnavailable,
     /// The database failed mid-pass.
     Failed,
 }
@@ -27,6 +30,7 @@ impl Ended {
             Ended::MaxRuntime => "max_runtime",
             Ended::CredentialsRefused => "credentials_refused",
             Ended::Interrupted => "interrupted",
+            Ended::ProviderUnavailable => "provider_unavailable",
             Ended::Failed => "failed",
         }
     }
@@ -271,7 +275,7 @@ impl Summary {
             error = self
                 .error
                 .as_ref()
-                .map(|e| format!(" ({e})"))
+                .map(|e| format!(" ({})", crate::text::escape(e)))
                 .unwrap_or_default(),
             claimed = self.claimed,
             checked = self.checked,

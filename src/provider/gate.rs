@@ -1,7 +1,10 @@
 //! The one gate every request of a pass goes through: a stop token (no request starts
-//! once the pass is stopping), a pause the provider asked for with 429, and the shared
-//! rate limit (governor). It also counts the requests it let through.
+//! once the pass is stopping), a pause the provider asked for with 429, the shared
+//! rate limit (governor), and the circuit breaker that stops the pass when the
+//! provider is down. It also counts the requests it let through.
 
+use super::breaker::{Breaker, BreakerSettings, Trip};
+use super::outcome::{Failure, health};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -16,6 +19,7 @@ pub struct Gate {
     paused_until: Mutex<Option<Instant>>,
     stop: CancellationToken,
     admitted: AtomicU64,
+    breaker: Breaker,
 }
 
 impl Gate {
@@ -37,7 +41,40 @@ impl Gate {
             paused_until: Mutex::new(None),
             stop,
             admitted: AtomicU64::new(0),
+            breaker: Breaker::new(BreakerSettings::default()),
         }
+    }
+
+    /// The same gate with these breaker settings.
+    pub fn with_breaker(mut self, settings: BreakerSettings) -> Self {
+        self.breaker = Breaker::new(settings);
+        self
+    }
+
+    /// Records what one request came to. When it opens the breaker, the gate stops:
+    /// no request starts any more, and waiting ones give up.
+    pub fn observe<T>(&self, outcome: &Result<T, Failure>) {
+        let cause = || match outcome {
+            Err(failure) => failure.to_string(),
+            Ok(_) => String::new(),
+        };
+        if self.breaker.record(Instant::now(), health(outcome), cause) {
+            if let Some(trip) = self.breaker.tripped() {
+                tracing::error!(%trip, "stopping the pass: the provider is unavailable");
+            }
+            self.stop.cancel();
+        }
+    }
+
+    /// Why the breaker opened, if it did.
+    pub fn tripped(&self) -> Option<Trip> {
+        self.breaker.tripped()
+    }
+
+    /// True when the provider answered nothing within the breaker's window: a failure
+    /// now says nothing about the item it was about.
+    pub fn provider_silent(&self) -> bool {
+        self.breaker.unanswered(Instant::now())
     }
 
     /// No limit, never stopped: for one-off calls.

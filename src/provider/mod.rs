@@ -6,15 +6,19 @@
 //! [`outcome::classify`], the only code that looks at status codes.
 
 pub mod api;
+pub mod breaker;
 pub mod gate;
 pub mod outcome;
 pub mod retry;
+pub mod scan;
 pub mod sign;
 
 pub use api::{BackfillRate, Endpoint, OrderIdQuery, OtpPostback, SmsPostback};
+pub use breaker::{Breaker, BreakerSettings, Trip};
 pub use gate::Gate;
-pub use outcome::{Failure, FatalCause, Transient};
+pub use outcome::{Failure, FatalCause, Health, Transient};
 pub use retry::{RetryBudget, RetryPolicy};
+pub use scan::Limits;
 
 use crate::clock::SharedClock;
 use crate::config::ProviderSettings;
@@ -42,6 +46,7 @@ pub struct ProviderClient {
     api_secret: SecretString,
     max_answer_bytes: usize,
     request_timeout: std::time::Duration,
+    limits: Limits,
     clock: SharedClock,
 }
 
@@ -63,6 +68,9 @@ impl ProviderClient {
             api_secret: settings.api_secret.clone(),
             max_answer_bytes: settings.max_answer_bytes,
             request_timeout: settings.request_timeout,
+            limits: Limits {
+                max_attempts: settings.max_record_attempts,
+            },
             clock,
         })
     }
@@ -183,7 +191,13 @@ impl ProviderClient {
         body: Option<Vec<u8>>,
     ) -> Result<Envelope, Failure> {
         let raw = self.exchange(method, url, body).await?;
-        let outcome = outcome::classify(raw.http, &raw.headers, &raw.body, self.clock.now());
+        let outcome = outcome::classify_within(
+            raw.http,
+            &raw.headers,
+            &raw.body,
+            self.clock.now(),
+            self.limits,
+        );
         match &outcome {
             Ok(env) => tracing::debug!(http = raw.http.as_u16(), status = %env.status, "answer"),
             Err(failure) => tracing::debug!(http = raw.http.as_u16(), %failure, "answer"),
@@ -225,7 +239,12 @@ impl ProviderClient {
         {
             return Err(self.too_large());
         }
-        let mut answer = Vec::new();
+        // Sized once from Content-Length (within the cap): no growth by doubling.
+        let mut answer = Vec::with_capacity(
+            response
+                .content_length()
+                .map_or(0, |n| usize::try_from(n).unwrap_or(0)),
+        );
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
             if answer.len() + chunk.len() > self.max_answer_bytes {
                 return Err(self.too_large());

@@ -9,12 +9,15 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use std::time::Duration;
 
+use super::scan::{self, Limits};
+use crate::text::escape;
+
 /// Why a call did not succeed, sorted by what the caller should do about it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Failure {
     /// The provider refused this item (-22, -14, or a code it does not document here).
     /// Sending the same request again will not help; keep the reason.
-    #[error("rejected by the provider (status {status}): {reason}")]
+    #[error("rejected by the provider (status {}): {}", escape(.status), escape(.reason))]
     Rejected { status: String, reason: String },
 
     /// Worth another try, after `after` if the provider said how long.
@@ -27,11 +30,11 @@ pub enum Failure {
     /// The provider said success but the answer cannot be read (a field that does not
     /// parse, an answer over the size cap). Keep the item for a later re-check and
     /// record the problem; an immediate retry would read the same answer.
-    #[error("unreadable answer: {problem}")]
+    #[error("unreadable answer: {}", escape(.problem))]
     Unreadable { problem: String },
 
     /// Every further call would fail the same way: stop the whole pass.
-    #[error("fatal: {cause} ({reason})")]
+    #[error("fatal: {cause} ({})", escape(.reason))]
     Fatal { cause: FatalCause, reason: String },
 }
 
@@ -40,23 +43,27 @@ pub enum Failure {
 pub enum Transient {
     #[error("timed out")]
     Timeout,
-    #[error("could not connect: {0}")]
+    #[error("could not connect: {}", escape(.0))]
     Connect(String),
-    #[error("connection failed mid-request: {0}")]
+    #[error("connection failed mid-request: {}", escape(.0))]
     Connection(String),
     #[error("HTTP {0}")]
     Http(u16),
     #[error("rate limited (HTTP 429)")]
     RateLimited,
     /// -18: the provider's own failure.
-    #[error("provider failure (status -18): {0}")]
+    #[error("provider failure (status -18): {}", escape(.0))]
     ProviderBusy(String),
     /// -16: the timestamp was stale; the retry is signed afresh.
-    #[error("timestamp expired (status -16): {0}")]
+    #[error("timestamp expired (status -16): {}", escape(.0))]
     TimestampExpired(String),
     /// Not JSON, truncated, or no status in it.
-    #[error("malformed answer: {0}")]
+    #[error("malformed answer: {}", escape(.0))]
     Malformed(String),
+    /// An HTTP 4xx without the provider's JSON: something in between (a proxy, a load
+    /// balancer) answered, not the provider. Never a verdict on the item.
+    #[error("HTTP {0} without a provider answer (not the provider: a proxy?)")]
+    NotProvider(u16),
 }
 
 /// Why the whole pass must stop.
@@ -75,6 +82,60 @@ pub enum FatalCause {
     /// wrong, so every call would fail alike.
     #[error("the endpoint does not exist at the configured base URL")]
     Endpoint,
+}
+
+impl Health {
+    /// A failure of either kind.
+    pub fn failed(self) -> bool {
+        matches!(self, Health::Failing | Health::TimedOut)
+    }
+}
+
+/// What one request says about the provider's health, for the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The provider answered, whatever it said (success, a refusal, an unreadable
+    /// record, -16).
+    Answered,
+    /// Unreachable or failing: a connection error, HTTP 5xx, an answer without its
+    /// JSON, -18 (its own failure).
+    Failing,
+    /// No answer in time: a provider that hangs, or a machine too busy to read its
+    /// answers. Weaker evidence than a failure: it opens the breaker only when nothing
+    /// was answered for a whole window.
+    TimedOut,
+    /// Says nothing either way (429: we are too fast, not it down).
+    Neutral,
+}
+
+/// The health a call's outcome shows.
+pub fn health<T>(outcome: &Result<T, Failure>) -> Health {
+    match outcome {
+        Ok(_) => Health::Answered,
+        Err(failure) => failure.health(),
+    }
+}
+
+impl Failure {
+    /// The health this failure shows.
+    pub fn health(&self) -> Health {
+        match self {
+            Failure::Retry { cause, .. } => match cause {
+                Transient::RateLimited => Health::Neutral,
+                Transient::TimestampExpired(_) => Health::Answered,
+                Transient::Timeout => Health::TimedOut,
+                Transient::Connect(_)
+                | Transient::Connection(_)
+                | Transient::Http(_)
+                | Transient::ProviderBusy(_)
+                | Transient::Malformed(_)
+                | Transient::NotProvider(_) => Health::Failing,
+            },
+            Failure::Rejected { .. } | Failure::Unreadable { .. } | Failure::Fatal { .. } => {
+                Health::Answered
+            }
+        }
+    }
 }
 
 impl Failure {
@@ -117,12 +178,26 @@ struct Wire {
     data: Option<Box<RawValue>>,
 }
 
-/// Classifies a complete answer. `now` is when it arrived, for `Retry-After` dates.
+/// Classifies a complete answer with the default [`Limits`]. `now` is when it
+/// arrived, for `Retry-After` dates.
 pub fn classify(
     http: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     now: DateTime<Utc>,
+) -> Result<Envelope, Failure> {
+    classify_within(http, headers, body, now, Limits::default())
+}
+
+/// Classifies a complete answer whose shape must stay within `limits`: an answer with
+/// duplicate keys, too many attempts or too many values is unreadable, refused before
+/// anything is built from it.
+pub fn classify_within(
+    http: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+    limits: Limits,
 ) -> Result<Envelope, Failure> {
     if http == StatusCode::UNAUTHORIZED || http == StatusCode::FORBIDDEN {
         return Err(Failure::Fatal {
@@ -142,6 +217,11 @@ pub fn classify(
             after: retry_after(headers, now),
         });
     }
+    if let Err(refused) = scan::check(body, limits) {
+        return Err(Failure::Unreadable {
+            problem: refused.to_string(),
+        });
+    }
     let envelope = envelope(body);
     if !http.is_success() {
         // A provider answer inside an error status still says what happened.
@@ -159,9 +239,10 @@ pub fn classify(
                     reason,
                 }
             } else {
-                Failure::Rejected {
-                    status: format!("HTTP {}", http.as_u16()),
-                    reason,
+                // A proxy's error page is no verdict of the provider's on this item.
+                Failure::Retry {
+                    cause: Transient::NotProvider(http.as_u16()),
+                    after: retry_after(headers, now),
                 }
             },
         );
@@ -339,7 +420,18 @@ mod tests {
                 ..
             })
         ));
-        assert!(matches!(answer(400, "bad"), Err(Failure::Rejected { .. })));
+        assert!(matches!(
+            answer(400, "<html>bad</html>"),
+            Err(Failure::Retry {
+                cause: Transient::NotProvider(400),
+                ..
+            })
+        ));
+        assert_eq!(
+            health(&answer(400, "<html>bad</html>")),
+            Health::Failing,
+            "a proxy's 4xx counts toward the breaker"
+        );
         assert!(
             matches!(answer(400, r#"{"status":"-22","reason":"p"}"#), Err(Failure::Rejected { status, .. }) if status == "-22")
         );
@@ -364,6 +456,25 @@ mod tests {
                 ),
                 "{body:?}"
             );
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_make_an_answer_unreadable_wherever_they_are() {
+        for (body, key) in [
+            (r#"{"status":"0","status":"-1"}"#, "`status`"),
+            (
+                r#"{"status":"0","data":{"sms":{"pay":"0.0051","pay":"99.99"}}}"#,
+                "`pay` in `data.sms`",
+            ),
+        ] {
+            match answer(200, body) {
+                Err(Failure::Unreadable { problem }) => assert!(
+                    problem.contains(&format!("duplicate key {key}")),
+                    "{problem}"
+                ),
+                other => panic!("{body}: {other:?}"),
+            }
         }
     }
 

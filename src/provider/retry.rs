@@ -89,11 +89,14 @@ impl RetryPolicy {
             if !gate.admit().await {
                 return None;
             }
-            let failure = match call().await {
+            let outcome = call().await;
+            gate.observe(&outcome);
+            let failure = match outcome {
                 Ok(value) => return Some(Ok(value)),
                 Err(failure) if !failure.is_retryable() => return Some(Err(failure)),
                 Err(failure) => failure,
             };
+
             let delay = match &failure {
                 Failure::Retry {
                     cause: Transient::RateLimited,

@@ -36,6 +36,17 @@ pub enum Fault {
     Oversized,
     /// HTTP 200 with this provider status code (-1, -2, -14, -16, -18, -22...).
     Status(i64),
+    /// Status 0 with a record of about 1 MB (under the client's 1 MiB cap) holding
+    /// 340,000 empty sms attempts: an answer built to cost memory.
+    HugeRecord,
+    /// Status 0 with the record's first money field (sms `pay`, call `cost`, else
+    /// `matched`) written twice, the second time as `"99.99"`.
+    DuplicateKey,
+    /// The answer with `status` written twice: `{"status":"0","status":"-1",...}`.
+    DuplicateStatus,
+    /// Status 0 with the record turned back to still sending (`matched` 1, every sms
+    /// status -1, every call without a hang-up): less final than it was.
+    Regressed,
 }
 
 impl fmt::Display for Fault {
@@ -51,6 +62,10 @@ impl fmt::Display for Fault {
             Fault::BadRecord => f.write_str("bad-record"),
             Fault::Oversized => f.write_str("oversized"),
             Fault::Status(code) => write!(f, "{code}"),
+            Fault::HugeRecord => f.write_str("huge-record"),
+            Fault::DuplicateKey => f.write_str("duplicate-key"),
+            Fault::DuplicateStatus => f.write_str("duplicate-status"),
+            Fault::Regressed => f.write_str("regressed"),
         }
     }
 }
@@ -70,6 +85,10 @@ impl FromStr for Fault {
             "truncated" => Fault::Truncated,
             "bad-record" => Fault::BadRecord,
             "oversized" => Fault::Oversized,
+            "huge-record" => Fault::HugeRecord,
+            "duplicate-key" => Fault::DuplicateKey,
+            "duplicate-status" => Fault::DuplicateStatus,
+            "regressed" => Fault::Regressed,
             "429" => Fault::TooManyRequests { retry_after: 1 },
             _ => {
                 if let Some(secs) = s.strip_prefix("429:") {
@@ -86,8 +105,9 @@ impl FromStr for Fault {
                         _ => {
                             return Err(format!(
                                 "unknown fault {s:?}: use ok, drop, stall, malformed, truncated, \
-                             bad-record, oversized, an HTTP status, 429:SECONDS or a provider \
-                             code like -16"
+                             bad-record, oversized, huge-record, duplicate-key, \
+                             duplicate-status, regressed, an HTTP status, 429:SECONDS or a \
+                             provider code like -16"
                             ));
                         }
                     }
@@ -150,8 +170,14 @@ pub struct FaultRates {
     pub truncated: f64,
     pub bad_record: f64,
     pub oversized: f64,
+    pub huge_record: f64,
+    pub duplicate_key: f64,
+    pub duplicate_status: f64,
+    pub regressed: f64,
     /// Provider status codes by share, e.g. {"-18": 0.01}.
     pub status: BTreeMap<i64, f64>,
+    /// Other HTTP statuses by share (a non-JSON body), e.g. {"400": 1.0}.
+    pub http: BTreeMap<u16, f64>,
 }
 
 impl Faults {
@@ -178,11 +204,20 @@ impl Faults {
             (r.truncated, Fault::Truncated),
             (r.bad_record, Fault::BadRecord),
             (r.oversized, Fault::Oversized),
+            (r.huge_record, Fault::HugeRecord),
+            (r.duplicate_key, Fault::DuplicateKey),
+            (r.duplicate_status, Fault::DuplicateStatus),
+            (r.regressed, Fault::Regressed),
         ];
         let statuses = r
             .status
             .iter()
-            .map(|(code, share)| (*share, Fault::Status(*code)));
+            .map(|(code, share)| (*share, Fault::Status(*code)))
+            .chain(
+                r.http
+                    .iter()
+                    .map(|(code, share)| (*share, Fault::Http(*code))),
+            );
         let u = draw.unit("fault");
         let mut acc = 0.0;
         for (share, fault) in table.into_iter().chain(statuses) {
@@ -238,13 +273,15 @@ mod tests {
     #[test]
     fn faults_parse_and_print_back() {
         let script = parse_script(
-            "ok,500,503,429,429:3,drop,stall,malformed,truncated,bad-record,oversized,-1,-2,-14,-16,-18,-22",
+            "ok,500,503,429,429:3,drop,stall,malformed,truncated,bad-record,oversized,-1,-2,-14,-16,-18,-22,\
+             huge-record,duplicate-key,duplicate-status,regressed,400",
         )
         .unwrap();
         let printed: Vec<String> = script.iter().map(ToString::to_string).collect();
         assert_eq!(
             printed.join(","),
-            "ok,500,503,429:1,429:3,drop,stall,malformed,truncated,bad-record,oversized,-1,-2,-14,-16,-18,-22"
+            "ok,500,503,429:1,429:3,drop,stall,malformed,truncated,bad-record,oversized,-1,-2,-14,-16,-18,-22,\
+             huge-record,duplicate-key,duplicate-status,regressed,400"
         );
         assert!(parse_script("boom").is_err());
         assert!(parse_script("700").is_err());

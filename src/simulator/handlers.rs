@@ -171,6 +171,25 @@ async fn answer(
                 ..full
             }
         }
+        Fault::HugeRecord => Reply {
+            body: huge_record(),
+            label: "huge_record".into(),
+            ..Reply::status(0, "")
+        },
+        Fault::DuplicateKey | Fault::DuplicateStatus | Fault::Regressed => {
+            let full = respond(&state, false);
+            let answer: Value = serde_json::from_slice(&full.body).unwrap_or(Value::Null);
+            let (body, label) = match fault {
+                Fault::DuplicateKey => (duplicate_key(answer), "duplicate_key"),
+                Fault::DuplicateStatus => (duplicate_status(answer), "duplicate_status"),
+                _ => (regressed(answer), "regressed"),
+            };
+            Reply {
+                body,
+                label: label.into(),
+                ..full
+            }
+        }
         Fault::Drop | Fault::Stall => {
             let label = if fault == Fault::Drop {
                 "drop"
@@ -186,6 +205,111 @@ async fn answer(
     };
     log(&state, endpoint, key, headers, body, &reply.label);
     reply.into_response()
+}
+
+/// About 1 MB (under the client's default 1 MiB cap) of status 0 whose record holds
+/// 340,000 empty sms attempts.
+fn huge_record() -> Vec<u8> {
+    const ATTEMPTS: usize = 340_000;
+    let head = br#"{"status":"0","reason":"success","data":{"verifications":{"matched":0},"sms":["#;
+    let mut body = Vec::with_capacity(head.len() + ATTEMPTS * 3 + 3);
+    body.extend_from_slice(head);
+    for i in 0..ATTEMPTS {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{}");
+    }
+    body.extend_from_slice(b"]}}");
+    body
+}
+
+/// A placeholder key, replaced in the text by a duplicate pair.
+const DUPLICATE: &str = "__duplicate__";
+
+/// Serializes `answer` with the placeholder replaced by `pair`.
+fn with_pair(answer: &Value, pair: &str) -> Vec<u8> {
+    serde_json::to_string(answer)
+        .expect("JSON serializes")
+        .replacen(&format!("\"{DUPLICATE}\":true"), pair, 1)
+        .into_bytes()
+}
+
+/// The record's first money field written twice (sms `pay`, call `cost`), or
+/// `matched`, or else a `flowId`: the second copy says something else.
+fn duplicate_key(mut answer: Value) -> Vec<u8> {
+    let data = &mut answer["data"];
+    for (channel, field, second) in [
+        ("sms", "pay", r#""pay":"99.99""#),
+        ("call", "cost", r#""cost":"99.99""#),
+    ] {
+        let attempt = match &mut data[channel] {
+            Value::Array(items) => items.first_mut(),
+            object @ Value::Object(_) => Some(object),
+            _ => None,
+        };
+        if let Some(Value::Object(attempt)) = attempt
+            && attempt.contains_key(field)
+        {
+            attempt.insert(DUPLICATE.into(), Value::Bool(true));
+            return with_pair(&answer, second);
+        }
+    }
+    if let Some(Value::Object(v)) = data.get_mut("verifications")
+        && v.contains_key("matched")
+    {
+        v.insert(DUPLICATE.into(), Value::Bool(true));
+        return with_pair(&answer, r#""matched":1"#);
+    }
+    if let Value::Object(data) = data {
+        data.insert(DUPLICATE.into(), Value::Bool(true));
+        return with_pair(&answer, r#""flowId":1,"flowId":2"#);
+    }
+    serde_json::to_vec(&answer).expect("JSON serializes")
+}
+
+/// `{"status":"0","status":"-1",...}`: the answer's status written twice.
+fn duplicate_status(answer: Value) -> Vec<u8> {
+    let Value::Object(fields) = answer else {
+        return br#"{"status":"0","status":"-1"}"#.to_vec();
+    };
+    let mut out = Map::new();
+    let status = fields.get("status").cloned().unwrap_or(Value::from("0"));
+    out.insert("status".into(), status);
+    out.insert(DUPLICATE.into(), Value::Bool(true));
+    for (k, v) in fields {
+        if k != "status" {
+            out.insert(k, v);
+        }
+    }
+    with_pair(&Value::Object(out), r#""status":"-1""#)
+}
+
+/// The record turned back to still sending: `matched` 1, every sms status -1, every
+/// call without its hang-up and termination code.
+fn regressed(mut answer: Value) -> Vec<u8> {
+    let data = &mut answer["data"];
+    if data.is_object() {
+        data["verifications"]["matched"] = Value::from(1);
+        for channel in ["sms", "call"] {
+            let attempts: Vec<&mut Value> = match &mut data[channel] {
+                Value::Array(items) => items.iter_mut().collect(),
+                object @ Value::Object(_) => vec![object],
+                _ => Vec::new(),
+            };
+            for attempt in attempts {
+                if let Value::Object(a) = attempt {
+                    if channel == "sms" {
+                        a.insert("status".into(), Value::from(-1));
+                    } else {
+                        a.insert("hangupTime".into(), Value::Null);
+                        a.insert("terminationCode".into(), Value::Null);
+                    }
+                }
+            }
+        }
+    }
+    serde_json::to_vec(&answer).expect("JSON serializes")
 }
 
 /// Makes a record unreadable: its first sms or call money field becomes `"1e5"`,
