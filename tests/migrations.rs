@@ -46,6 +46,10 @@ const PINNED: &[(i64, &str)] = &[
         20261127000022,
         "9ac464577e7ca5af0a6de63c5cd77808813c30144fa9967b0ca944a235a20cc5ae0f8ededaa319673554872f06fd6bcb",
     ),
+    (
+        20261127000030,
+        "a546c073814658df3180f3009c89a2e8a112c16ba062f49e1dcae91468607edef4f4ce39150239607dcd787b2c5cdb55",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).

@@ -68,7 +68,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         .context("cannot start the simulator")?;
     eprintln!("simulator: {} (seed {})", sim.base_url(), args.seed);
 
-    let start = fresh_start(&db).await.map_err(DbError::from)?;
+    let start = fresh_start(&db, settings.schedule.max_age)
+        .await
+        .map_err(DbError::from)?;
     let (sends, conversions) = generate(args.sends, start, Utc::now());
     let report = import::import_sends(&db, csv_input(sends), print_rejected).await?;
     eprintln!(
@@ -115,12 +117,20 @@ fn print_rejected(bad: &import::Rejected) {
     eprintln!("line {}: {}", bad.line, crate::text::escape(&bad.reason));
 }
 
-/// Where a demo run's sends may start: three hours ago, or later if earlier runs
-/// already have sends or computed conversion-rate windows there. A run's sends then
-/// never land in a window an earlier run computed (and perhaps posted), so no posted
-/// rate changes after the fact and no run ends with that warning.
-async fn fresh_start(db: &db::Db) -> Result<DateTime<Utc>, sqlx::Error> {
-    let three_hours_ago = Utc::now() - chrono::Duration::hours(3);
+/// Where a demo run's sends may start: three hours before the oldest age a send is
+/// still checked at (`--max-age`), or later if earlier runs already have sends or
+/// computed conversion-rate windows there.
+///
+/// - The first run's oldest sends are past `--max-age`: whatever the provider still
+///   says of them, they end final (settled, expired or rejected) in this pass, so their
+///   rate windows are final and the demo shows rates posted (only final windows are).
+/// - A later run's sends never land in a window an earlier run computed (and perhaps
+///   posted), so no posted rate changes after the fact and no run ends with a warning.
+async fn fresh_start(
+    db: &db::Db,
+    max_age: std::time::Duration,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    let earliest = clock::before(Utc::now(), max_age) - chrono::Duration::hours(3);
     db.counted(1);
     let taken: Option<DateTime<Utc>> = sqlx::query_scalar(
         "SELECT greatest((SELECT max(sent_at) FROM sends),
@@ -128,9 +138,7 @@ async fn fresh_start(db: &db::Db) -> Result<DateTime<Utc>, sqlx::Error> {
     )
     .fetch_one(db.pool())
     .await?;
-    Ok(taken.map_or(three_hours_ago, |t| {
-        three_hours_ago.max(t + chrono::Duration::seconds(1))
-    }))
+    Ok(taken.map_or(earliest, |t| earliest.max(t + chrono::Duration::seconds(1))))
 }
 
 /// CSVs of `n` sends across the demo apps, sent between `start` and `end` (most by
