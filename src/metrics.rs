@@ -126,7 +126,7 @@ pub const METRICS: &[Metric] = &[
     ),
     Metric {
         name: "otp_reconcile_sends",
-        help: "Sends in the database by state, after the last pass.",
+        help: "Sends by state after the last pass: pending and recheck counted exactly; settled, rejected and expired estimated from the planner's statistics (the last ANALYZE), so a pass never counts history.",
         labels: &["state"],
     },
     metric(
@@ -204,6 +204,10 @@ impl QueueState {
                 Some((_, n)) => *n += depth.sends,
                 None => sends.push((depth.state.clone(), depth.sends)),
             }
+        }
+        // Final states: the estimate `status` reads (no count over the history).
+        for estimate in &status.final_sends_estimate {
+            sends.push((estimate.state.clone(), estimate.sends_estimate));
         }
         Self {
             at: status.at,

@@ -153,38 +153,34 @@ pub static DUE: Table = leased_table! {
                 due.due_at",
 };
 
-/// The sends a replay claims: in a range, whatever their state, in id order. It leaves
-/// `next_check_at` alone, so a send the replay does not change stays as it was.
-/// $9, $10: the range of sent_at; $11: the highest id claimed so far.
-pub static IN_RANGE: Table = leased_table! {
-    table: "sends",
-    due: "t.sent_at >= $9 AND t.sent_at < $10 AND t.id > $11",
-    order: "t.id",
-    shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
-    on_claim: "",
-    on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
-                                      THEN now() + $3::bigint * interval '1 millisecond'
-                                      ELSE t.next_check_at END",
-    on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
-    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
-                t.next_check_at AS due_at",
-};
+/// A table of sends a replay claims, whatever their state, in id order, by `$due`. It
+/// leaves `next_check_at` alone, so a send the replay does not change stays as it was
+/// (and is given back as it was).
+macro_rules! replay_table {
+    ($due:literal) => {
+        leased_table! {
+            table: "sends",
+            due: $due,
+            order: "t.id",
+            shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
+            on_claim: "",
+            on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
+                                              THEN now() + $3::bigint * interval '1 millisecond'
+                                              ELSE t.next_check_at END",
+            on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
+            returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at,
+                        t.state, t.attempts, t.next_check_at AS due_at",
+        }
+    };
+}
 
-/// The sends a replay comes back to, by id, once the pass that held them let go: like
-/// [`IN_RANGE`], whatever their state. $9: the ids.
-pub static BY_ID: Table = leased_table! {
-    table: "sends",
-    due: "t.id = ANY($9::bigint[])",
-    order: "t.id",
-    shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
-    on_claim: "",
-    on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
-                                      THEN now() + $3::bigint * interval '1 millisecond'
-                                      ELSE t.next_check_at END",
-    on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
-    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
-                t.next_check_at AS due_at",
-};
+/// The sends a replay sweeps: in a range, above the highest id claimed so far.
+/// $9, $10: the range of sent_at; $11: that id.
+pub static IN_RANGE: Table = replay_table!("t.sent_at >= $9 AND t.sent_at < $10 AND t.id > $11");
+
+/// The sends a replay comes back to, by id, once the pass that held them let go.
+/// $9: the ids.
+pub static BY_ID: Table = replay_table!("t.id = ANY($9::bigint[])");
 
 /// Claims up to `c.limit` due sends at `now`, committed at once.
 pub async fn claim(

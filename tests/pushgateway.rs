@@ -289,10 +289,14 @@ async fn a_pass_pushes_every_metric_and_label_to_a_real_pushgateway(pool: PgPool
         "{ended_at}"
     );
     // The queue after the pass.
+    // Not final: counted exactly. Final: the planner's estimate (never a count over the
+    // history), at most what there is.
     let state = |s: &str| value(&samples, "otp_reconcile_sends", group, &[("state", s)]);
-    assert_eq!(state("settled"), 30.0);
-    for s in ["pending", "recheck", "rejected", "expired"] {
+    for s in ["pending", "recheck"] {
         assert_eq!(state(s), 0.0, "{s}");
+    }
+    for s in ["settled", "rejected", "expired"] {
+        assert!((0.0..=30.0).contains(&state(s)), "{s}: {}", state(s));
     }
     assert_eq!(v("otp_reconcile_sends_due"), 0.0);
     assert_eq!(v("otp_reconcile_oldest_due_age_seconds"), 0.0);
@@ -543,9 +547,10 @@ async fn a_failed_push_is_logged_once_never_fails_the_pass_and_hides_credentials
     );
     assert!(!logs.contains("prov-pass-9043"), "{logs}");
 
-    // A provider that cannot be reached: the error kept for the send (and shown by
-    // `status` and the logs) names the URL, without the password (reqwest moves the
-    // credentials to a header; `redact::reqwest_error` would mask any left).
+    // A provider that cannot be reached: the failure, in the logs, names the URL without
+    // the password (reqwest moves the credentials to a header; `redact::reqwest_error`
+    // would mask any left). A provider that has answered nothing is an outage, not a
+    // check: the sends are given back untouched (see tests/resilience.rs).
     let mut cmd = bin(&pool, &sim);
     sqlx::query("UPDATE sends SET state = 'recheck', next_check_at = now()")
         .execute(&pool)
@@ -558,15 +563,17 @@ async fn a_failed_push_is_logged_once_never_fails_the_pass_and_hides_credentials
     .env("RUST_LOG", "debug")
     .args(["run", "--max-attempts", "1"]);
     let out = output(cmd).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("prov-pass-9043"));
-    let errors: Vec<String> = sqlx::query_scalar("SELECT last_error FROM sends")
+    let logs = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{logs}");
+    assert!(!logs.contains("prov-pass-9043"), "{logs}");
+    assert!(logs.contains(&format!("127.0.0.1:{port}")), "{logs}");
+    let errors: Vec<Option<String>> = sqlx::query_scalar("SELECT last_error FROM sends")
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(errors.len(), 5);
-    for error in errors {
-        assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
-        assert!(!error.contains("prov-pass-9043"), "{error}");
-    }
+    assert_eq!(
+        errors,
+        vec![None; 5],
+        "released untouched, no check counted"
+    );
 }
