@@ -265,13 +265,24 @@ async fn every_http_fault_is_classified() {
             |f| matches!(f, Failure::Unreadable { problem } if problem.contains("larger than 1048576 bytes")),
         ),
     ];
+    // A stall is held far past the short timeout, so it always ends in the client's
+    // timeout; every other answer gets a generous timeout, so a busy machine slow to
+    // build the oversized answer is never taken for a stall.
     sim.set_faults(Faults {
-        stall_ms: Some(5_000),
+        stall_ms: Some(60_000),
         ..Faults::default()
     });
+    let mut patient = settings(&sim.base_url(), DEMO_API_KEY, DEMO_API_SECRET);
+    patient.request_timeout = Duration::from_secs(30);
+    let patient = ProviderClient::new(&patient, clock::system()).unwrap();
     for (i, (fault, expected)) in cases.iter().enumerate() {
         let id = format!("http-{i}");
         sim.script(Some(&id), [*fault]);
+        let client = if *fault == Fault::Stall {
+            &client
+        } else {
+            &patient
+        };
         let failure = client.record_by_verification_id(&id).await.unwrap_err();
         assert!(expected(&failure), "{fault}: {failure:?}");
     }

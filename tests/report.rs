@@ -341,6 +341,13 @@ async fn an_export_that_loses_its_database_mid_stream_leaves_no_file(pool: PgPoo
     .execute(&pool)
     .await
     .unwrap();
+    // The export's query waits behind this lock for as long as the test needs, however
+    // busy the machine: it cannot finish before its connection is dropped.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("costs.csv");
     let mut export = Command::new(env!("CARGO_BIN_EXE_otp-reconcile"))
@@ -360,27 +367,30 @@ async fn an_export_that_loses_its_database_mid_stream_leaves_no_file(pool: PgPoo
     let database = pool.connect_options().get_database().unwrap().to_owned();
     let started = Instant::now();
     let terminated = loop {
+        // Only once the export has its file open and its query waiting on the lock.
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
         let killed: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
              WHERE datname = $1 AND application_name = 'otp-reconcile' AND state = 'active'
-               AND query LIKE '%JOIN attempts%'",
+               AND wait_event_type = 'Lock' AND query LIKE '%JOIN attempts%'
+               AND $2",
         )
         .bind(&database)
+        .bind(left > 0)
         .fetch_all(&pool)
         .await
         .unwrap();
         if killed.contains(&true) {
             break true;
         }
-        if export.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(30) {
+        // A generous cap on a condition that holds once the export has started.
+        if export.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(120) {
             break false;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(
-        terminated,
-        "the export finished before its connection could be dropped"
-    );
+    locker.rollback().await.unwrap();
+    assert!(terminated, "the export never waited on its query");
     let output = export.wait_with_output().unwrap();
     assert_eq!(
         output.status.code(),
