@@ -80,7 +80,8 @@ async fn ten_thousand_conversions_are_acknowledged_exactly_once_through_transien
     let sim = simulator(
         RecordConfig::default(),
         Faults {
-            stall_ms: Some(1_000),
+            // Held past the client's timeout, so a stall is a timeout.
+            stall_ms: Some(10_000),
             rates: FaultRates {
                 http_500: 0.015,
                 http_503: 0.015,
@@ -93,7 +94,9 @@ async fn ten_thousand_conversions_are_acknowledged_exactly_once_through_transien
         },
     )
     .await;
-    let client = client(&sim, Duration::from_millis(400));
+    // Generous: only stalls time out. A postback answered after the client gave up is
+    // acknowledged twice (rightly), so the timeout must never race a slow answer.
+    let client = client(&sim, Duration::from_secs(5));
     let summary = run_pass(&db, &client, &postbacks_only(64)).await;
     assert_eq!(summary.ended, Ended::Done);
 
@@ -320,25 +323,31 @@ async fn postbacks_abandoned_when_the_grace_runs_out_are_released_in_doubt(pool:
     let db = db_with_app(&pool).await;
     let rows: Vec<NewConversion> = new_conversions(10, "grace").into_iter().take(10).collect();
     insert_conversions(&db, &rows).await;
-    // Every postback takes ten seconds: the pass is stopped while they are in flight.
+    // No postback is ever answered in the test's time: the pass is stopped once the
+    // simulator has received all ten, so all ten are in flight, however busy the machine.
     let sim = simulator(
         RecordConfig::default(),
         Faults {
-            latency_ms: 10_000,
+            latency_ms: 600_000,
             ..Faults::default()
         },
     )
     .await;
-    let client = client(&sim, Duration::from_secs(30));
+    let client = client(&sim, Duration::from_secs(900));
     let mut settings = postbacks_only(16);
     settings.grace = Duration::from_millis(200);
     let interrupt = tokio_util::sync::CancellationToken::new();
     let stopper = {
         let interrupt = interrupt.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+        let sim = &sim;
+        async move {
+            let started = std::time::Instant::now();
+            while sim.stats().total_requests < 10 {
+                assert!(started.elapsed() < Duration::from_secs(120), "no postback");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             interrupt.cancel();
-        })
+        }
     };
     let deps = otp_reconcile::pass::Deps {
         db: &db,
@@ -347,8 +356,8 @@ async fn postbacks_abandoned_when_the_grace_runs_out_are_released_in_doubt(pool:
         interrupt,
         progress: otp_reconcile::progress::Progress::hidden(),
     };
-    let summary = otp_reconcile::pass::run(deps, &settings).await.unwrap();
-    stopper.await.unwrap();
+    let (summary, ()) = tokio::join!(otp_reconcile::pass::run(deps, &settings), stopper);
+    let summary = summary.unwrap();
     assert_eq!(summary.ended, Ended::Interrupted);
     assert_eq!(summary.conversions.released, 10);
     let (pending, in_doubt, leased): (i64, i64, i64) = sqlx::query_as(

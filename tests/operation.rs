@@ -78,7 +78,9 @@ async fn sigterm_exits_130_within_the_grace_releasing_every_lease_and_the_next_p
     insert_sends(&db, &new_sends(20_000, "term")).await;
     let sim = simulator(200).await;
     let child = bin(&pool, &sim)
-        .args(["run", "--concurrency", "32", "--grace", "5s"])
+        // A grace far longer than an answer (200 ms), so "within the grace" never races
+        // a busy machine, yet far shorter than the backlog (minutes).
+        .args(["run", "--concurrency", "32", "--grace", "60s"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -86,7 +88,7 @@ async fn sigterm_exits_130_within_the_grace_releasing_every_lease_and_the_next_p
     // Let it work a little, with requests in flight.
     let started = Instant::now();
     while sim.stats().total_requests < 100 {
-        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sigterm(&child);
@@ -100,8 +102,8 @@ async fn sigterm_exits_130_within_the_grace_releasing_every_lease_and_the_next_p
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        took < Duration::from_secs(5),
-        "exited {took:?} after SIGTERM, grace 5s"
+        took < Duration::from_secs(60),
+        "exited {took:?} after SIGTERM, grace 60s"
     );
     assert_eq!(leased(&pool).await, 0, "no lease is left held");
     let (outcome,): (String,) = sqlx::query_as("SELECT outcome FROM passes")
@@ -140,18 +142,24 @@ async fn sigterm_exits_130_within_the_grace_releasing_every_lease_and_the_next_p
 async fn in_flight_requests_are_abandoned_when_the_grace_runs_out(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(200, "hang")).await;
-    // Every answer takes ten seconds.
-    let sim = simulator(10_000).await;
-    let client = client(&sim, Duration::from_secs(30));
+    // No answer comes in the test's time: the pass is stopped once the simulator has
+    // received a request from each of the eight workers, so they are all in flight.
+    let sim = simulator(600_000).await;
+    let client = client(&sim, Duration::from_secs(900));
     let interrupt = CancellationToken::new();
     let mut settings = quick_settings(8);
     settings.grace = Duration::from_millis(300);
     let stopper = {
         let interrupt = interrupt.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        let sim = &sim;
+        async move {
+            let started = Instant::now();
+            while sim.stats().total_requests < 8 {
+                assert!(started.elapsed() < Duration::from_secs(120), "no request");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             interrupt.cancel();
-        })
+        }
     };
     let started = Instant::now();
     let deps = Deps {
@@ -161,10 +169,11 @@ async fn in_flight_requests_are_abandoned_when_the_grace_runs_out(pool: PgPool) 
         interrupt,
         progress: Progress::hidden(),
     };
-    let summary = pass::run(deps, &settings).await.unwrap();
-    stopper.await.unwrap();
+    let (summary, ()) = tokio::join!(pass::run(deps, &settings), stopper);
+    let summary = summary.unwrap();
+    // Not waiting for the answers: they would take ten minutes.
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(300),
         "{:?}",
         started.elapsed()
     );

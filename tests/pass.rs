@@ -45,7 +45,8 @@ async fn a_pass_through_5xx_stalls_malformed_json_and_429_bursts_settles_every_f
             // 429 bursts: above 1,500 requests a second the simulator answers 429.
             rate_limit: Some(1_500),
             rate_burst: Some(200),
-            stall_ms: Some(2_000),
+            // Held past the client's timeout, so a stall is a timeout.
+            stall_ms: Some(10_000),
             rates: FaultRates {
                 http_500: 0.025,
                 http_503: 0.025,
@@ -57,7 +58,15 @@ async fn a_pass_through_5xx_stalls_malformed_json_and_429_bursts_settles_every_f
         },
     )
     .await;
-    let client = client(&sim, Duration::from_millis(400));
+    // A burst of 429s whatever the machine's speed: a loaded machine never reaches the
+    // rate limit above, so the next 100 requests are answered 429 (Retry-After: 1).
+    const BURST: u64 = 100;
+    sim.script(
+        None,
+        (0..BURST).map(|_| Fault::TooManyRequests { retry_after: 1 }),
+    );
+    // Generous: only stalls time out, never an answer a busy machine was slow to give.
+    let client = client(&sim, Duration::from_secs(5));
     let summary = run_pass(&db, &client, &quick_settings(64)).await;
 
     assert_eq!(summary.ended, Ended::Done);
@@ -73,7 +82,11 @@ async fn a_pass_through_5xx_stalls_malformed_json_and_429_bursts_settles_every_f
         .values()
         .filter_map(|a| a.get("http_429"))
         .sum();
-    assert!(limited > 0, "no 429 burst happened");
+    // Every 429 the simulator counted, the scripted burst and any the rate limit added.
+    assert!(
+        limited >= BURST,
+        "{limited} answers 429, fewer than the burst"
+    );
     let settled = assert_matches_simulator(&pool, &sim).await;
     assert_eq!(settled as u64, summary.settled);
     assert!(settled > 4_000, "{settled}");
