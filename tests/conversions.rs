@@ -333,7 +333,7 @@ async fn postbacks_abandoned_when_the_grace_runs_out_are_released_in_doubt(pool:
         },
     )
     .await;
-    let client = client(&sim, Duration::from_secs(900));
+    let client = client(&sim, Duration::from_secs(60));
     let mut settings = postbacks_only(16);
     settings.grace = Duration::from_millis(200);
     let interrupt = tokio_util::sync::CancellationToken::new();

@@ -145,7 +145,7 @@ async fn in_flight_requests_are_abandoned_when_the_grace_runs_out(pool: PgPool) 
     // No answer comes in the test's time: the pass is stopped once the simulator has
     // received a request from each of the eight workers, so they are all in flight.
     let sim = simulator(600_000).await;
-    let client = client(&sim, Duration::from_secs(900));
+    let client = client(&sim, Duration::from_secs(60));
     let interrupt = CancellationToken::new();
     let mut settings = quick_settings(8);
     settings.grace = Duration::from_millis(300);
