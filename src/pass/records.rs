@@ -6,10 +6,10 @@ use super::held::{Held, Holdings};
 use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::db::DbError;
-use crate::decide::{Checked, Decision, Recheck};
+use crate::decide::{Checked, Decision, Replayed};
 use crate::lease::{self, Claim, Scope};
 use crate::provider::Failure;
-use crate::record::{Fetched, Matched};
+use crate::record::Fetched;
 use crate::revisions;
 use crate::sends::{self, Claimed, Completion, Range, SendState};
 use crate::store;
@@ -142,42 +142,21 @@ impl Stage for Records<'_> {
                 Ok(fetched) => Checked::Record(&fetched.record),
                 Err(failure) => Checked::Failed(failure),
             };
-            let decision = match (&self.replay, &outcome) {
-                // A replay that could not re-fetch a send changes nothing: the send keeps
-                // what it had (completing with the same state leaves the row as it was).
-                (Some(_), Err(failure @ (Failure::Retry { .. } | Failure::Unreadable { .. }))) => {
-                    Decision {
-                        state: send.state,
-                        next_check_at: r.clock.now(),
-                        last_error: Some(failure.to_string()),
-                        recheck: Some(if failure.is_retryable() {
-                            Recheck::Transient
-                        } else {
-                            Recheck::Unreadable
-                        }),
-                    }
-                }
-                _ => r
-                    .settings
-                    .schedule
-                    .decide(send.sent_at, send.attempts, checked, r.clock.now())
-                    .expect("fatal failures stop the pass before a decision"),
-            };
-            // A replay never trades a final record for a less final answer (a settled
-            // send answered "still sending"): the stored record and attempts stay.
-            let regression = self.replay.is_some()
-                && send.state == SendState::Settled
-                && outcome.as_ref().is_ok_and(|f| less_final(&f.record));
-            let decision = if regression {
-                Decision {
-                    state: send.state,
-                    next_check_at: r.clock.now(),
-                    last_error: None,
-                    recheck: None,
-                }
-            } else {
-                decision
-            };
+            let schedule = &r.settings.schedule;
+            let now = r.clock.now();
+            let Replayed {
+                decision,
+                regression,
+            } = match &self.replay {
+                None => schedule
+                    .decide(send.sent_at, send.attempts, checked, now)
+                    .map(|decision| Replayed {
+                        decision,
+                        regression: false,
+                    }),
+                Some(_) => schedule.replayed(send.state, send.sent_at, send.attempts, checked, now),
+            }
+            .expect("fatal failures stop the pass before a decision");
             let fetched = outcome.ok().map(Box::new);
             let weight = fetched
                 .as_ref()
@@ -275,12 +254,6 @@ impl Stage for Records<'_> {
         Counters::add(&r.counters.released, n);
         Ok(())
     }
-}
-
-/// True when a record is less final than a settled one: still sending, or unknown to
-/// the provider.
-fn less_final(record: &crate::record::Record) -> bool {
-    record.still_sending() || record.verification.matched == Some(Matched::NoSuchId)
 }
 
 impl Records<'_> {

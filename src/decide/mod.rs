@@ -1,5 +1,10 @@
-//! What becomes of a send after a check (SPEC "One pass", step 4). Pure: the answer,
-//! the send's age and its check count in, the next state out.
+//! What becomes of a send after a check (SPEC "One pass", step 4), and after a
+//! replay's re-fetch ([`replay`]). Pure: the answer, the send's age and its check count
+//! in, the next state out.
+
+mod replay;
+
+pub use replay::Replayed;
 
 use crate::clock::after;
 use crate::provider::Failure;
