@@ -305,29 +305,7 @@ pub async fn push_metrics(
     let Some(gateway) = &args.pushgateway else {
         return;
     };
-    let shown = crate::redact::url(gateway);
-    let shard = settings
-        .shard
-        .map_or("all".to_owned(), |s| format!("{}-of-{}", s.index, s.of));
-    let now = chrono::Utc::now();
-    // After a database failure the queue cannot be read: the pass's own numbers are
-    // pushed all the same.
-    let queue = match crate::metrics::QueueState::read(db, now).await {
-        Ok(queue) => Some(queue),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the queue's state for the metrics");
-            None
-        }
-    };
-    let body = crate::metrics::exposition(summary, queue.as_ref(), now);
-    match crate::metrics::push(gateway, kind, &shard, body).await {
-        Ok(()) => tracing::info!(gateway = %shown, kind, shard, "metrics pushed"),
-        Err(e) => tracing::warn!(
-            gateway = %shown,
-            error = format!("{:#}", anyhow::Error::from(e)),
-            "cannot push the metrics"
-        ),
-    }
+    crate::metrics::push_pass(gateway, kind, settings.shard, db, summary).await;
 }
 
 /// Writes `value` as JSON, through a temporary file renamed into place.
