@@ -7,24 +7,25 @@
 //! answer that refuses our credentials; what was claimed but not worked is released.
 
 mod held;
+pub mod job;
 mod pipeline;
+pub mod plan;
 mod postbacks;
 mod rate_posts;
 mod records;
 mod summary;
 
+pub use crate::config::PassSettings;
 pub use summary::{Ended, Summary};
 
 use crate::clock::SharedClock;
 use crate::db::{Db, DbError};
-use crate::decide::Schedule;
 use crate::lease::{Claim, Scope};
 use crate::passes;
 use crate::progress::Progress;
-use crate::provider::{BreakerSettings, Failure, Gate, ProviderClient, RetryPolicy};
-use crate::rates::Rules;
+use crate::provider::{Failure, Gate, ProviderClient};
 use crate::revisions::{self, Report};
-use crate::sends::{self, Range, Shard};
+use crate::sends::{self, Range};
 pub(crate) use held::Held;
 use serde::Serialize;
 use std::future::Future;
@@ -33,128 +34,6 @@ use std::time::{Duration, Instant};
 use summary::{Counters, Totals};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// How a pass runs.
-#[derive(Debug, Clone, Serialize)]
-pub struct PassSettings {
-    /// Sends claimed at a time.
-    pub batch_size: usize,
-    /// Checked sends written per transaction (at most; a partial batch is written
-    /// after `write_interval`).
-    pub write_batch: usize,
-    #[serde(skip)]
-    pub write_interval: Duration,
-    /// Write transactions in flight at most.
-    pub writers: usize,
-    /// Requests in flight at most.
-    pub concurrency: usize,
-    /// Requests per second for the whole pass; `None` for no limit.
-    pub rate: Option<f64>,
-    pub burst: u32,
-    /// How long a claim holds a send.
-    #[serde(serialize_with = "crate::ser::duration")]
-    pub lease: Duration,
-    /// How often the pass renews its leases and its heartbeat; `None`: a third of the
-    /// lease.
-    #[serde(serialize_with = "crate::ser::optional_duration")]
-    pub renew_every: Option<Duration>,
-    #[serde(serialize_with = "crate::ser::optional_duration")]
-    pub max_runtime: Option<Duration>,
-    /// After a stop, how long in-flight requests may take before they are abandoned.
-    #[serde(serialize_with = "crate::ser::duration")]
-    pub grace: Duration,
-    pub schedule: Schedule,
-    #[serde(skip)]
-    pub retry: RetryPolicy,
-    pub max_attempts: usize,
-    /// When the provider counts as down and the pass stops.
-    pub breaker: BreakerSettings,
-    pub shard: Option<Shard>,
-    /// Only these apps' sends, conversions and rates (`--app-id`); all if empty.
-    pub apps: Vec<String>,
-    /// Post conversions back (`--no-postbacks` turns it off).
-    pub postbacks: bool,
-    /// Compute and post conversion rates; `None` (`--no-rates`) turns it off.
-    pub rates: Option<Rules>,
-    /// Who holds the leases (host and process).
-    pub owner: String,
-}
-
-impl Default for PassSettings {
-    fn default() -> Self {
-        Self {
-            batch_size: 500,
-            write_batch: 500,
-            write_interval: Duration::from_millis(200),
-            writers: 2,
-            concurrency: 32,
-            rate: None,
-            burst: 1,
-            lease: Duration::from_secs(300),
-            renew_every: None,
-            max_runtime: None,
-            grace: Duration::from_secs(20),
-            schedule: Schedule::default(),
-            retry: RetryPolicy::default(),
-            max_attempts: RetryPolicy::default().max_attempts,
-            breaker: BreakerSettings::default(),
-            shard: None,
-            apps: Vec::new(),
-            postbacks: true,
-            rates: Some(Rules::default()),
-            owner: default_owner(),
-        }
-    }
-}
-
-/// A lease must outlast this many request timeouts: renewed every third of it, it then
-/// always has at least one request timeout left, so a request never outlives it.
-pub const LEASE_TIMEOUTS: u32 = 3;
-
-/// Refuses a lease too short for the requests made under it: zero, or shorter than
-/// [`LEASE_TIMEOUTS`] request timeouts.
-pub fn check_lease(lease: Duration, request_timeout: Duration) -> Result<(), String> {
-    let least = request_timeout * LEASE_TIMEOUTS;
-    if lease.is_zero() || lease < least {
-        return Err(format!(
-            "--lease {} is too short: it must be at least {LEASE_TIMEOUTS} times \
-             --request-timeout ({}), that is {} or more, so that no request outlives \
-             the lease it is sent under",
-            humantime::format_duration(lease),
-            humantime::format_duration(request_timeout),
-            humantime::format_duration(least),
-        ));
-    }
-    Ok(())
-}
-
-impl PassSettings {
-    /// The shard and apps the pass works on.
-    pub fn scope(&self) -> Scope {
-        Scope {
-            shard: self.shard,
-            apps: self.apps.clone(),
-        }
-    }
-
-    /// How often leases and the heartbeat are renewed.
-    pub fn renew_interval(&self) -> Duration {
-        self.renew_every
-            .unwrap_or(self.lease / 3)
-            .max(Duration::from_millis(10))
-    }
-}
-
-/// `host:pid`, for the lease owner column.
-pub fn default_owner() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
-}
 
 /// What the pass needs from outside: passed in, never global.
 pub struct Deps<'a> {

@@ -255,6 +255,22 @@ impl Summary {
         }
     }
 
+    /// Writes the summary on stderr, whatever `RUST_LOG` filters: as text on a
+    /// terminal, as one JSON line shaped like the log events otherwise.
+    pub fn report(&self) {
+        if crate::telemetry::is_json() {
+            let line = serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "INFO",
+                "fields": { "message": "pass summary", "summary": self },
+                "target": "otp_reconcile::summary",
+            });
+            eprintln!("{line}");
+        } else {
+            eprintln!("{}", self.render());
+        }
+    }
+
     /// The summary as a few lines for a terminal or a log.
     pub fn render(&self) -> String {
         let r = &self.recheck_reasons;
