@@ -32,30 +32,30 @@ pub async fn lifecycle(
         tracing::info!(concurrency = settings.concurrency, rate = ?settings.rate, "pass started");
         let retries_before = settings.retry.budget.left();
         let statements_before = deps.db.statements();
-        let worked = work(&deps, settings, task, pass_id).await;
+        let ran = work(&deps, settings, task, pass_id).await;
         deps.progress.finish();
-        if let Err(e) = &worked.result {
+        if let Err(e) = &ran.result {
             tracing::error!(error = %crate::db::cause_chain(e), "the database failed mid-pass: stopping; the leases expire for the next pass");
         }
         let (ended, error) = Ended::judge(Outcome {
-            failed: worked.result.as_ref().err(),
-            fatal: worked.fatal.as_ref(),
-            tripped: worked.tripped,
+            failed: ran.result.as_ref().err(),
+            fatal: ran.fatal.as_ref(),
+            tripped: ran.tripped,
             interrupted: deps.interrupt.is_cancelled(),
-            hit_deadline: worked.hit_deadline,
+            hit_deadline: ran.hit_deadline,
         });
         let summary = Summary::new(Totals {
             pass_id,
             ended,
-            counters: &worked.counters,
-            requests: worked.requests,
+            counters: &ran.counters,
+            requests: ran.requests,
             retries: retries_before - settings.retry.budget.left(),
             // The final `passes` update is counted too.
             db_statements: deps.db.statements() - statements_before + 1,
             elapsed_secs: started.elapsed().as_secs_f64(),
-            error: error.clone(),
+            error,
         });
-        finish(deps.db, &summary, deps.clock.now(), worked.result.is_err()).await?;
+        finish(deps.db, &summary, deps.clock.now(), ran.result.is_err()).await?;
         tracing::info!(ended = ended.as_str(), checked = summary.checked, "pass ended");
         Ok(summary)
     }
@@ -94,7 +94,7 @@ async fn begin(
 }
 
 /// What the stages came to.
-struct Worked {
+struct Ran {
     result: Result<(), DbError>,
     fatal: Option<crate::provider::Failure>,
     tripped: Option<crate::provider::Trip>,
@@ -107,7 +107,7 @@ struct Worked {
 /// renewals. The deadline, a signal or a fatal answer stops claiming and new requests;
 /// in-flight requests then get `grace` to finish before they are abandoned (and their
 /// items released). A failed renewal stops the pass too, and ends it with its error.
-async fn work(deps: &Deps<'_>, settings: &PassSettings, task: &Task, pass_id: i64) -> Worked {
+async fn work(deps: &Deps<'_>, settings: &PassSettings, task: &Task, pass_id: i64) -> Ran {
     let stop = deps.interrupt.child_token();
     let abort = CancellationToken::new();
     let gate =
@@ -164,7 +164,7 @@ async fn work(deps: &Deps<'_>, settings: &PassSettings, task: &Task, pass_id: i6
         (Err(e), _) | (Ok(_), Some(e)) => Err(e),
         (Ok(end), None) => Ok(end),
     };
-    Worked {
+    Ran {
         hit_deadline: hit_deadline.into_inner()
             || result.as_ref().is_ok_and(|end| *end == StageEnd::CutShort),
         result: result.map(|_| ()),

@@ -136,20 +136,10 @@ impl Stage for Records<'_> {
                 Ok(fetched) => Checked::Record(&fetched.record),
                 Err(failure) => Checked::Failed(failure),
             };
-            let (schedule, now) = (self.schedule, ctx.clock.now());
             let Replayed {
                 decision,
                 regression,
-            } = match &self.replay {
-                None => schedule
-                    .decide(send.sent_at, send.attempts, checked, now)
-                    .map(|decision| Replayed {
-                        decision,
-                        regression: false,
-                    }),
-                Some(_) => schedule.replayed(send.state, send.sent_at, send.attempts, checked, now),
-            }
-            .expect("fatal failures stop the pass before a decision");
+            } = self.decide(&send, checked);
             let fetched = outcome.ok().map(Box::new);
             let weight = fetched
                 .as_ref()
@@ -250,6 +240,23 @@ impl Stage for Records<'_> {
 }
 
 impl Records<'_> {
+    /// What becomes of `send` after its check: the pass's decision, or a replay's.
+    fn decide(&self, send: &Claimed, checked: Checked) -> Replayed {
+        let (schedule, now) = (self.schedule, self.ctx.clock.now());
+        let (sent_at, attempts) = (send.sent_at, send.attempts);
+        match &self.replay {
+            None => schedule
+                .decide(sent_at, attempts, checked, now)
+                .map(|decision| Replayed {
+                    decision,
+                    regression: false,
+                }),
+            Some(_) => schedule.replayed(send.state, sent_at, attempts, checked, now),
+        }
+        // A fatal answer stops the pass and its send is given back: it is never decided.
+        .expect("fatal failures stop the pass before a decision")
+    }
+
     fn count(
         &self,
         batch: &[CheckedSend],
