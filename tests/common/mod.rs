@@ -110,6 +110,40 @@ pub async fn run_pass(db: &Db, client: &ProviderClient, settings: &PassSettings)
     .expect("the pass ends without a database error")
 }
 
+/// Runs a pass whose clock jumps `by` ahead once the simulator has answered
+/// `after_requests` requests: a test reaches `--max-runtime` (or a stage's share of
+/// it) at a point of the work it chooses, however fast or loaded the machine is.
+pub async fn run_pass_jumping_clock(
+    db: &Db,
+    client: &ProviderClient,
+    settings: &PassSettings,
+    sim: &SimHandle,
+    after_requests: u64,
+    by: Duration,
+) -> Summary {
+    let clock = std::sync::Arc::new(clock::AdjustableClock::default());
+    let deps = Deps {
+        db,
+        client,
+        clock: clock.clone(),
+        interrupt: CancellationToken::new(),
+        progress: Progress::hidden(),
+    };
+    let driver = async {
+        let started = std::time::Instant::now();
+        while sim.stats().total_requests < after_requests {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the simulator never reached {after_requests} requests"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        clock.advance(by);
+    };
+    let (summary, ()) = tokio::join!(pass::run(deps, settings), driver);
+    summary.expect("the pass ends without a database error")
+}
+
 /// A send as stored.
 #[derive(Debug, Clone)]
 pub struct StoredSend {
