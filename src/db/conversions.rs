@@ -301,26 +301,18 @@ macro_rules! removable {
 /// Removes up to `limit` conversions that may go (see [`removable!`]), oldest first,
 /// skipping those locked; answers how many went.
 pub async fn remove_old(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
-    db.counted(1);
-    Ok(sqlx::query(concat!(
+    let statement = concat!(
         "DELETE FROM conversions WHERE id IN (",
         removable!(),
         " ORDER BY c.converted_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED)",
-    ))
-    .bind(before)
-    .bind(limit)
-    .execute(db.pool())
-    .await?
-    .rows_affected())
+    );
+    crate::db::prune_old(db, statement, before, limit).await
 }
 
 /// How many conversions may go now without their send (whose send is gone already).
 pub async fn count_removable(db: &Db, before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
-    db.counted(1);
-    sqlx::query_scalar(concat!("SELECT count(*) FROM (", removable!(), ") AS x"))
-        .bind(before)
-        .fetch_one(db.pool())
-        .await
+    let statement = concat!("SELECT count(*) FROM (", removable!(), ") AS x");
+    crate::db::count_old(db, statement, before).await
 }
 
 /// The conversions older than `before` that stay, by reason.

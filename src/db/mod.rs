@@ -72,6 +72,36 @@ macro_rules! in_apps {
 }
 pub(crate) use in_apps;
 
+/// Runs one of `prune`'s deletions, `statement` ($1 before, $2 how many at most);
+/// answers how many rows went.
+pub(crate) async fn prune_old(
+    db: &Db,
+    statement: &'static str,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    db.counted(1);
+    Ok(sqlx::query(statement)
+        .bind(before)
+        .bind(limit)
+        .execute(db.pool())
+        .await?
+        .rows_affected())
+}
+
+/// Runs one of `prune`'s counts, `statement` ($1 before).
+pub(crate) async fn count_old(
+    db: &Db,
+    statement: &'static str,
+    before: chrono::DateTime<chrono::Utc>,
+) -> Result<i64, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_scalar(statement)
+        .bind(before)
+        .fetch_one(db.pool())
+        .await
+}
+
 /// The migrations in `migrations/`, embedded at build time (no database needed to build).
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 

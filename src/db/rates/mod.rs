@@ -194,37 +194,24 @@ macro_rules! removable {
 /// Removes up to `limit` windows that may go (see [`removable!`]), oldest first,
 /// skipping those locked; answers how many went.
 pub async fn remove_old(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
-    db.counted(1);
-    Ok(sqlx::query(concat!(
+    let statement = concat!(
         "DELETE FROM conversion_rates WHERE (app_id, mcc, window_start, window_length) IN (",
         removable!(),
         " ORDER BY window_start LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    ))
-    .bind(before)
-    .bind(limit)
-    .execute(db.pool())
-    .await?
-    .rows_affected())
+    );
+    crate::db::prune_old(db, statement, before, limit).await
 }
 
 /// How many windows may go now.
 pub async fn count_removable(db: &Db, before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
-    db.counted(1);
-    sqlx::query_scalar(concat!("SELECT count(*) FROM (", removable!(), ") AS x"))
-        .bind(before)
-        .fetch_one(db.pool())
-        .await
+    let statement = concat!("SELECT count(*) FROM (", removable!(), ") AS x");
+    crate::db::count_old(db, statement, before).await
 }
 
 /// The windows ended by `before` that stay: not posted yet (pending) or under a lease.
 pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
-    db.counted(1);
-    sqlx::query_scalar(
-        "SELECT count(*) FROM conversion_rates
+    let statement = "SELECT count(*) FROM conversion_rates
          WHERE window_start < $1 AND window_start + window_length <= $1
-           AND (state = 'pending' OR lease_token IS NOT NULL)",
-    )
-    .bind(before)
-    .fetch_one(db.pool())
-    .await
+           AND (state = 'pending' OR lease_token IS NOT NULL)";
+    crate::db::count_old(db, statement, before).await
 }

@@ -25,12 +25,16 @@ macro_rules! blocked_and_waiting {
     };
 }
 
-/// The sends that may go, older than $1 and from $2 on (the batch cursor), as a CTE
-/// body selecting id, app_id, verification_id, sent_at. `blocked` and `waiting` are CTEs
-/// of the statement.
+/// The sends that may go, older than $1 and from $2 on (the batch cursor), as the CTEs
+/// `blocked`, `waiting` and `batch` (id, app_id, verification_id, sent_at), `$tail`
+/// ending the batch's query (an order and a limit, or nothing).
 macro_rules! removable_sends {
-    () => {
+    ($tail:literal) => {
         concat!(
+            "WITH ",
+            blocked_and_waiting!(),
+            ",
+         batch AS MATERIALIZED (",
             "SELECT s.id, s.app_id, s.verification_id, s.sent_at FROM sends s
              WHERE ",
             sent_in!("s", "$2", "$1"),
@@ -41,7 +45,9 @@ macro_rules! removable_sends {
             sent_in!("s", "b.window_start", "b.window_end"),
             ")
                AND NOT EXISTS (SELECT 1 FROM waiting w
-                               WHERE w.app_id = s.app_id AND w.message_id = s.verification_id)"
+                               WHERE w.app_id = s.app_id AND w.message_id = s.verification_id)",
+            $tail,
+            ")"
         )
     };
 }
@@ -84,15 +90,13 @@ pub async fn remove_batch(
 ) -> Result<(Batch, Option<DateTime<Utc>>), sqlx::Error> {
     db.counted(1);
     let row = sqlx::query(concat!(
-        "WITH ",
-        blocked_and_waiting!(),
-        ",
-         batch AS MATERIALIZED (",
-        removable_sends!(),
-        "
+        removable_sends!(
+            "
              ORDER BY s.sent_at
              LIMIT $3
-             FOR UPDATE OF s SKIP LOCKED),
+             FOR UPDATE OF s SKIP LOCKED"
+        ),
+        ",
          ",
         records_of_batch!(delete attempts),
         ",
@@ -126,12 +130,8 @@ pub async fn count_removable(
 ) -> Result<Batch, sqlx::Error> {
     db.counted(1);
     let row = sqlx::query(concat!(
-        "WITH ",
-        blocked_and_waiting!(),
-        ",
-         batch AS MATERIALIZED (",
-        removable_sends!(),
-        ")
+        removable_sends!(""),
+        "
          SELECT (SELECT count(*) FROM batch) AS sends,
                 ",
         records_of_batch!(count records),
