@@ -298,7 +298,7 @@ macro_rules! removable {
     };
 }
 
-/// Removes up to `limit` conversions that may go (see [`removable!`]), oldest first,
+/// Removes up to `limit` conversions that may go (see `removable!`), oldest first,
 /// skipping those locked; answers how many went.
 pub async fn remove_old(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
     let statement = concat!(

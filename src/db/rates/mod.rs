@@ -191,7 +191,7 @@ macro_rules! removable {
     };
 }
 
-/// Removes up to `limit` windows that may go (see [`removable!`]), oldest first,
+/// Removes up to `limit` windows that may go (see `removable!`), oldest first,
 /// skipping those locked; answers how many went.
 pub async fn remove_old(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
     let statement = concat!(

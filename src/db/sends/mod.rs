@@ -1,6 +1,6 @@
-//! The `sends` table: inserting sends, claiming due ones under a lease ([`leased`]),
+//! The `sends` table: inserting sends, claiming due ones under a lease (`leased`),
 //! completing them with the lease token in the `WHERE`, and releasing what a pass did
-//! not finish; its counts ([`counts`]) and its share of retention ([`prune`]). Every
+//! not finish; its counts (`counts`) and its share of retention ([`prune`]). Every
 //! write is one statement for the whole batch.
 
 mod counts;
