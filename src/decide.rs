@@ -2,9 +2,9 @@
 //! the send's age and its check count in, the next state out.
 
 use crate::clock::after;
+use crate::db::sends::SendState;
 use crate::provider::Failure;
 use crate::record::{Matched, Record};
-use crate::sends::SendState;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::Duration;

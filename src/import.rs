@@ -2,11 +2,11 @@
 //! queue, so memory does not grow with the file), each bad line reported with its line
 //! number and reason while the good lines load, idempotent.
 
-use crate::apps;
-use crate::conversions::{self, Kind, NewConversion};
+use crate::db::apps;
+use crate::db::conversions::{self, Kind, NewConversion};
+use crate::db::sends::{self, NewSend};
 use crate::db::{Db, DbError};
 use crate::record::parse_time;
-use crate::sends::{self, NewSend};
 use chrono::{DateTime, Utc};
 use csv::StringRecord;
 use std::collections::{HashMap, HashSet};
@@ -327,7 +327,7 @@ fn known_app<'r>(
     let app_id = columns.get(record, "app_id").ok_or("app_id is empty")?;
     if known.contains(app_id) {
         Ok(app_id)
-    } else if crate::apps::valid_app_id(app_id) {
+    } else if crate::db::apps::valid_app_id(app_id) {
         Err(format!(
             "unknown app_id {app_id:?} (register it with `otp-reconcile app add {app_id}`)"
         ))

@@ -6,12 +6,12 @@ mod common;
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use common::*;
-use otp_reconcile::apps;
-use otp_reconcile::conversions::{self, Kind, NewConversion};
 use otp_reconcile::db::Db;
+use otp_reconcile::db::apps;
+use otp_reconcile::db::conversions::{self, Kind, NewConversion};
+use otp_reconcile::db::sends::NewSend;
 use otp_reconcile::pass::{Ended, PassSettings};
 use otp_reconcile::rates::{Rules, Window};
-use otp_reconcile::sends::NewSend;
 use otp_reconcile::simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, FaultRates, Faults, RecordConfig, SimConfig, SimHandle,
     Simulator,

@@ -7,12 +7,12 @@ use common::*;
 use otp_reconcile::clock::{self, SkewedClock};
 use otp_reconcile::config::ProviderSettings;
 use otp_reconcile::db::Db;
+use otp_reconcile::db::records;
+use otp_reconcile::db::sends::{self, Completion, SendState};
 use otp_reconcile::pass::Ended;
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Fetched;
-use otp_reconcile::sends::{self, Completion, SendState};
 use otp_reconcile::simulator::{Fault, FaultRates, Faults, RecordConfig, SimConfig, Simulator};
-use otp_reconcile::store;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -405,7 +405,7 @@ async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(10, "lease")).await;
     let now = chrono::Utc::now();
-    let all = otp_reconcile::lease::Scope::default();
+    let all = otp_reconcile::db::lease::Scope::default();
     let first = sends::claim(
         &db,
         now,
@@ -484,16 +484,16 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
     let batch: Vec<(i64, &Fetched)> = ids.iter().copied().zip(fetched.iter()).collect();
     let now = chrono::Utc::now();
     let mut tx = pool.begin().await.unwrap();
-    let first = store::store(&mut tx, now, &batch, &ids).await.unwrap();
+    let first = records::store(&mut tx, now, &batch, &ids).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(first.records, 3);
     assert!(first.attempts >= 3);
     let mut tx = pool.begin().await.unwrap();
-    let again = store::store(&mut tx, now, &batch, &ids).await.unwrap();
+    let again = records::store(&mut tx, now, &batch, &ids).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         again,
-        store::Stored::default(),
+        records::Stored::default(),
         "nothing written the second time"
     );
 
@@ -505,7 +505,7 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
     shorter.record.sna.clear();
     shorter.raw = shorter.raw.replacen('{', "{\"changed\":true,", 1);
     let mut tx = pool.begin().await.unwrap();
-    let changed = store::store(&mut tx, now, &[(ids[0], &shorter)], &ids)
+    let changed = records::store(&mut tx, now, &[(ids[0], &shorter)], &ids)
         .await
         .unwrap();
     tx.commit().await.unwrap();

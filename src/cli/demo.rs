@@ -4,9 +4,9 @@
 //! where to look next.
 
 use super::run::{PassArgs, exit_for, pass_with_progress};
-use crate::apps;
 use crate::clock;
 use crate::config::ProviderSettings;
+use crate::db::apps;
 use crate::db::{self, DbError};
 use crate::exit::Exit;
 use crate::import;

@@ -7,7 +7,7 @@
 //! database sets the expiry from its `now()`, which is later, so the lease is at least
 //! as long as this side believes.
 
-use crate::lease::{self, Leased, Table};
+use crate::db::lease::{self, Leased, Table};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

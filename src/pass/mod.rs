@@ -16,15 +16,15 @@ mod summary;
 pub use summary::{Ended, Summary};
 
 use crate::clock::SharedClock;
+use crate::db::lease::{Claim, Scope};
+use crate::db::passes;
+use crate::db::revisions::{self, Report};
+use crate::db::sends::{self, Range, Shard};
 use crate::db::{Db, DbError};
 use crate::decide::Schedule;
-use crate::lease::{Claim, Scope};
-use crate::passes;
 use crate::progress::Progress;
 use crate::provider::{BreakerSettings, Failure, Gate, ProviderClient, RetryPolicy};
 use crate::rates::Rules;
-use crate::revisions::{self, Report};
-use crate::sends::{self, Range, Shard};
 pub(crate) use held::Held;
 use serde::Serialize;
 use std::future::Future;
@@ -278,8 +278,8 @@ async fn lifecycle(
             progress: &progress,
             held: Holdings {
                 sends: held::Holdings::new(&sends::DUE),
-                conversions: held::Holdings::new(&crate::conversions::DUE),
-                rates: held::Holdings::new(&crate::rates::DUE),
+                conversions: held::Holdings::new(&crate::db::conversions::DUE),
+                rates: held::Holdings::new(&crate::db::rates::DUE),
             },
             margin: client.request_timeout(),
             renew_failed: Mutex::new(None),

@@ -11,7 +11,7 @@
 
 use super::held::Holdings;
 use crate::db::DbError;
-use crate::lease::Leased;
+use crate::db::lease::Leased;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;

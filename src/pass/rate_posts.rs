@@ -6,11 +6,11 @@ use super::held::{Held, Holdings};
 use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::db::DbError;
-use crate::lease;
-use crate::ledger::{Posted, outcome_unknown};
+use crate::db::lease;
+use crate::db::ledger::{Posted, outcome_unknown};
+use crate::db::rates::{self, Claimed, Done};
 use crate::provider::BackfillRate;
-use crate::provider::api::rate_percent;
-use crate::rates::{self, Claimed, Done, Rules};
+use crate::rates::{Rules, rate_percent};
 use std::cell::Cell;
 use tracing::Instrument;
 

@@ -6,13 +6,13 @@ use super::held::{Held, Holdings};
 use super::pipeline::{Stage, Worked};
 use super::summary::Counters;
 use crate::db::DbError;
+use crate::db::lease::{self, Claim, Scope};
+use crate::db::records;
+use crate::db::revisions;
+use crate::db::sends::{self, Claimed, Completion, Range, SendState};
 use crate::decide::{Checked, Decision, Recheck};
-use crate::lease::{self, Claim, Scope};
 use crate::provider::Failure;
 use crate::record::{Fetched, Matched};
-use crate::revisions;
-use crate::sends::{self, Claimed, Completion, Range, SendState};
-use crate::store;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -259,7 +259,7 @@ impl Stage for Records<'_> {
                     r.db.counted(1);
                 }
             }
-            let stored = store::store(&mut tx, now, &fetched, &held).await?;
+            let stored = records::store(&mut tx, now, &fetched, &held).await?;
             tx.commit().await?;
             // BEGIN, the sends update, the two stores when there were records, COMMIT.
             r.db.counted(
@@ -370,7 +370,7 @@ impl Records<'_> {
         &self,
         batch: &[CheckedSend],
         held: &HashSet<(i64, uuid::Uuid)>,
-        stored: store::Stored,
+        stored: records::Stored,
     ) {
         let c = self.run.counters;
         Counters::add(&c.records_changed, stored.records);

@@ -3,15 +3,15 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
-use otp_reconcile::apps;
 use otp_reconcile::clock;
 use otp_reconcile::config::ProviderSettings;
 use otp_reconcile::db::Db;
+use otp_reconcile::db::apps;
+use otp_reconcile::db::sends::{self, NewSend};
 use otp_reconcile::pass::{self, Deps, PassSettings, Summary};
 use otp_reconcile::progress::Progress;
 use otp_reconcile::provider::{ProviderClient, RetryPolicy};
 use otp_reconcile::record::Record;
-use otp_reconcile::sends::{self, NewSend};
 use otp_reconcile::simulator::{DEMO_API_KEY, DEMO_API_SECRET, Lookup, SimHandle};
 use rust_decimal::Decimal;
 use secrecy::SecretString;
@@ -410,9 +410,9 @@ pub fn claim_of<'a>(
     limit: usize,
     lease: Duration,
     owner: &'a str,
-    scope: &'a otp_reconcile::lease::Scope,
-) -> otp_reconcile::lease::Claim<'a> {
-    otp_reconcile::lease::Claim {
+    scope: &'a otp_reconcile::db::lease::Scope,
+) -> otp_reconcile::db::lease::Claim<'a> {
+    otp_reconcile::db::lease::Claim {
         limit,
         lease,
         owner,
