@@ -26,7 +26,6 @@ pub mod revisions;
 pub mod sends;
 pub mod ser;
 pub mod shutdown;
-pub mod simulator;
 pub mod status;
 pub mod store;
 pub mod telemetry;
