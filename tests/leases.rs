@@ -416,15 +416,6 @@ async fn too_short_leases_are_refused_with_exit_2(pool: PgPool) {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
-/// Waits until the simulator has answered at least `n` requests.
-async fn until_requests(sim: &SimHandle, n: u64) {
-    let started = Instant::now();
-    while sim.stats().total_requests < n {
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Issue 9.6: the database lost mid-pass (its connections terminated while it waits on
 /// a lock, after the simulator has answered 200 requests): exit 4, the cause on stderr
 /// and in the summary JSON, and `passes.error` holds the cause chain.

@@ -368,8 +368,18 @@ async fn max_runtime_releases_what_has_not_started(pool: PgPool) {
     let client = client(&sim, Duration::from_secs(2));
     let mut settings = quick_settings(4);
     settings.batch_size = 50;
-    settings.max_runtime = Some(Duration::from_millis(600));
-    let summary = run_pass(&db, &client, &settings).await;
+    // The deadline is reached on the pass's clock once 20 records have been served:
+    // at 100 ms each, four at a time, most of the 1,000 have not started.
+    settings.max_runtime = Some(Duration::from_secs(3_600));
+    let summary = run_pass_jumping_clock(
+        &db,
+        &client,
+        &settings,
+        &sim,
+        20,
+        Duration::from_secs(3_600),
+    )
+    .await;
     assert_eq!(summary.ended, Ended::MaxRuntime);
     assert!(
         summary.checked > 0 && summary.checked < 1_000,

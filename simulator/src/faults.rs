@@ -308,6 +308,21 @@ mod tests {
     }
 
     #[test]
+    fn latency_is_the_base_plus_at_most_the_jitter() {
+        let faults = Faults {
+            latency_ms: 150,
+            jitter_ms: 50,
+            ..Faults::default()
+        };
+        let drawn: Vec<u128> = (0..2_000)
+            .map(|i| faults.latency(&Draw::new(9, format!("k{i}"))).as_millis())
+            .collect();
+        assert!(drawn.iter().all(|ms| (150..=200).contains(ms)));
+        // The whole range is used, both ends included.
+        assert!(drawn.contains(&150) && drawn.contains(&200));
+    }
+
+    #[test]
     fn an_ids_script_comes_before_the_shared_one() {
         let mut s = Scripts::default();
         s.push(None, [Fault::Http(500)]);

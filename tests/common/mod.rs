@@ -110,6 +110,47 @@ pub async fn run_pass(db: &Db, client: &ProviderClient, settings: &PassSettings)
     .expect("the pass ends without a database error")
 }
 
+/// Waits until the simulator has received at least `n` requests: tests move on by the
+/// simulator's counters, not by the wall clock. The two-minute limit only turns a pass
+/// that never gets there into a failure instead of a hang.
+pub async fn until_requests(sim: &SimHandle, n: u64) {
+    let started = std::time::Instant::now();
+    while sim.stats().total_requests < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the simulator never reached {n} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs a pass whose clock jumps `by` ahead once the simulator has answered
+/// `after_requests` requests: a test reaches `--max-runtime` (or a stage's share of
+/// it) at a point of the work it chooses, however fast or loaded the machine is.
+pub async fn run_pass_jumping_clock(
+    db: &Db,
+    client: &ProviderClient,
+    settings: &PassSettings,
+    sim: &SimHandle,
+    after_requests: u64,
+    by: Duration,
+) -> Summary {
+    let clock = std::sync::Arc::new(clock::AdjustableClock::default());
+    let deps = Deps {
+        db,
+        client,
+        clock: clock.clone(),
+        interrupt: CancellationToken::new(),
+        progress: Progress::hidden(),
+    };
+    let driver = async {
+        until_requests(sim, after_requests).await;
+        clock.advance(by);
+    };
+    let (summary, ()) = tokio::join!(pass::run(deps, settings), driver);
+    summary.expect("the pass ends without a database error")
+}
+
 /// A send as stored.
 #[derive(Debug, Clone)]
 pub struct StoredSend {
