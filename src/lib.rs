@@ -19,7 +19,6 @@ pub mod record;
 pub mod redact;
 pub mod ser;
 pub mod shutdown;
-pub mod simulator;
 pub mod status;
 pub mod telemetry;
 pub mod text;

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Faults, SimConfig, SimHandle, Simulator,
 };
 use sqlx::PgPool;

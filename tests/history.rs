@@ -15,7 +15,7 @@ use otp_reconcile::db::sends::NewSend;
 use otp_reconcile::pass::{Ended, PassSettings};
 use otp_reconcile::prune::{self, Plan};
 use otp_reconcile::rates::{Rules, Window};
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, FaultRates, Faults, Lookup, RecordConfig, SimConfig, SimHandle,
     Simulator,
 };

@@ -13,7 +13,7 @@ use otp_reconcile::db::conversions::{self, Kind, NewConversion};
 use otp_reconcile::db::sends::NewSend;
 use otp_reconcile::pass::{Ended, PassSettings};
 use otp_reconcile::rates::{Rules, Window};
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Fault, FaultRates, Faults, RecordConfig, SimConfig, SimHandle,
     Simulator,
 };

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use otp_reconcile::pass::{self, Deps, Ended};
 use otp_reconcile::progress::Progress;
-use otp_reconcile::simulator::{Fault, Faults, RecordConfig, SimConfig, SimHandle, Simulator};
+use otp_reconcile_simulator::{Fault, Faults, RecordConfig, SimConfig, SimHandle, Simulator};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::process::{Child, Command, Stdio};

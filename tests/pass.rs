@@ -12,7 +12,7 @@ use otp_reconcile::db::sends::{self, Completion, SendState};
 use otp_reconcile::pass::Ended;
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Fetched;
-use otp_reconcile::simulator::{Fault, FaultRates, Faults, RecordConfig, SimConfig, Simulator};
+use otp_reconcile_simulator::{Fault, FaultRates, Faults, RecordConfig, SimConfig, Simulator};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ fn latency(ms: u64) -> Faults {
     }
 }
 
-async fn simulator(records: RecordConfig, faults: Faults) -> otp_reconcile::simulator::SimHandle {
+async fn simulator(records: RecordConfig, faults: Faults) -> otp_reconcile_simulator::SimHandle {
     let mut config = SimConfig::new(11);
     config.records = records;
     config.faults = faults;
@@ -476,7 +476,7 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
         .iter()
         .map(|id| {
             let data = sim
-                .final_record(otp_reconcile::simulator::Lookup::VerificationId(id))
+                .final_record(otp_reconcile_simulator::Lookup::VerificationId(id))
                 .data;
             Fetched::from_data(data).unwrap()
         })

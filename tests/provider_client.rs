@@ -8,7 +8,7 @@ use otp_reconcile::provider::{
     BackfillRate, Failure, FatalCause, Gate, OtpPostback, ProviderClient, RetryPolicy, SmsPostback,
     Transient, sign,
 };
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Fault, Faults, Lookup, SimConfig, SimHandle, Simulator,
 };
 use secrecy::SecretString;

@@ -12,7 +12,7 @@ use otp_reconcile::pass::{self, Deps, PassSettings};
 use otp_reconcile::progress::Progress;
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Record;
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     CostChange, DEMO_API_KEY, DEMO_API_SECRET, Fault, RecordConfig, SimConfig, SimHandle, Simulator,
 };
 use rust_decimal::Decimal;

@@ -13,7 +13,7 @@ use otp_reconcile::db::sends::Range;
 use otp_reconcile::pass::{self, Deps, Ended, PassSettings, Summary};
 use otp_reconcile::progress::Progress;
 use otp_reconcile::provider::{Failure, ProviderClient, RetryPolicy};
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Fault, FaultRates, Faults, RecordConfig, SimConfig, SimHandle,
     Simulator,
 };

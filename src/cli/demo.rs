@@ -11,10 +11,10 @@ use crate::db::{self, DbError};
 use crate::exit::Exit;
 use crate::import;
 use crate::provider::ProviderClient;
-use crate::simulator::{DEMO_API_KEY, DEMO_API_SECRET, SimConfig, Simulator};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
+use otp_reconcile_simulator::{DEMO_API_KEY, DEMO_API_SECRET, SimConfig, Simulator};
 use secrecy::SecretString;
 use std::fmt::Write;
 

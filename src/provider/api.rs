@@ -1,5 +1,6 @@
-//! The five endpoints the job uses and the bodies it sends them (NOTES.md), shared by
-//! the client and the simulator so the two cannot drift apart.
+//! The five endpoints the job uses and the bodies it sends them (NOTES.md). The
+//! simulator (its own crate) implements them again from the same pages, sharing no code,
+//! so a mistake here shows up in tests instead of hiding on both sides.
 
 use crate::rates::rate_percent;
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
@@ -41,7 +42,7 @@ impl Endpoint {
         }
     }
 
-    /// A short stable name, used in logs and the simulator's stats.
+    /// A short stable name, used in logs; the simulator's stats use the same names.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::RecordByVerificationId => "record_by_verification_id",

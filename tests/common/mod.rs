@@ -12,7 +12,7 @@ use otp_reconcile::pass::{self, Deps, PassSettings, Summary};
 use otp_reconcile::progress::Progress;
 use otp_reconcile::provider::{ProviderClient, RetryPolicy};
 use otp_reconcile::record::Record;
-use otp_reconcile::simulator::{DEMO_API_KEY, DEMO_API_SECRET, Lookup, SimHandle};
+use otp_reconcile_simulator::{DEMO_API_KEY, DEMO_API_SECRET, Lookup, SimHandle};
 use rust_decimal::Decimal;
 use secrecy::SecretString;
 use sqlx::{PgPool, Row};

@@ -4,7 +4,7 @@
 //! Rate-drawn faults are a hash of (seed, endpoint, id, how many requests that id has
 //! made), so which request of an id fails does not depend on arrival order.
 
-use super::draw::Draw;
+use crate::draw::Draw;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
