@@ -3,18 +3,18 @@
 //! generated sends through the CSV importer, runs a pass with a progress bar, and says
 //! where to look next.
 
-use crate::apps;
 use crate::clock;
 use crate::config::{PassArgs, ProviderSettings};
+use crate::db::apps;
 use crate::db::{self, DbError};
 use crate::exit::Exit;
 use crate::import;
 use crate::pass::job;
 use crate::provider::ProviderClient;
-use crate::simulator::{DEMO_API_KEY, DEMO_API_SECRET, SimConfig, Simulator};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
+use otp_reconcile_simulator::{DEMO_API_KEY, DEMO_API_SECRET, SimConfig, Simulator};
 use secrecy::SecretString;
 use std::fmt::Write;
 

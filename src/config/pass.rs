@@ -3,11 +3,11 @@
 //! once; `passes.parameters` records them as they are here.
 
 use super::ConfigError;
+use crate::db::lease::Scope;
+use crate::db::sends::Shard;
 use crate::decide::Schedule;
-use crate::lease::Scope;
 use crate::provider::{BreakerSettings, RetryBudget, RetryPolicy};
 use crate::rates::{Rules, Window};
-use crate::sends::Shard;
 use clap::Args;
 use serde::Serialize;
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! The range of sent_at `export` and `replay` take.
 
 use super::ConfigError;
+use crate::db::sends::Range;
 use crate::export::{self, Bound};
-use crate::sends::Range;
 use crate::zone::Zone;
 use chrono::Utc;
 use clap::Args;

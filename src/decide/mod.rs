@@ -7,9 +7,9 @@ mod replay;
 pub use replay::Replayed;
 
 use crate::clock::after;
+use crate::db::sends::SendState;
 use crate::provider::Failure;
 use crate::record::{Matched, Record};
-use crate::sends::SendState;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::Duration;

@@ -7,9 +7,9 @@
 //! record in place (the answer is kept aside as a regression).
 
 use super::{Checked, Decision, Recheck, Schedule};
+use crate::db::sends::SendState;
 use crate::provider::Failure;
 use crate::record::{Matched, Record};
-use crate::sends::SendState;
 use chrono::{DateTime, Utc};
 
 /// The outcome of a replay's re-fetch.

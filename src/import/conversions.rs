@@ -2,8 +2,8 @@
 
 use super::fields::{check_id, check_number, known_app, time_in};
 use super::{Columns, ImportError, ImportReport, Loadable, Rejected, import_rows};
-use crate::conversions::{self, Kind, NewConversion};
 use crate::db::Db;
+use crate::db::conversions::{self, Kind, NewConversion};
 use csv::StringRecord;
 use std::collections::HashSet;
 use std::io::Read;

@@ -49,7 +49,7 @@ pub(super) fn known_app<'r>(
     let app_id = columns.get(record, "app_id").ok_or("app_id is empty")?;
     if known.contains(app_id) {
         Ok(app_id)
-    } else if crate::apps::valid_app_id(app_id) {
+    } else if crate::db::apps::valid_app_id(app_id) {
         Err(format!(
             "unknown app_id {app_id:?} (register it with `otp-reconcile app add {app_id}`)"
         ))

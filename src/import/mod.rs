@@ -15,7 +15,7 @@ pub use fields::{MAX_ID_LEN, check_id, check_number};
 pub use reader::{Columns, import};
 pub use sends::{SEND_COLUMNS, import_sends};
 
-use crate::apps;
+use crate::db::apps;
 use crate::db::{Db, DbError};
 use csv::StringRecord;
 use std::collections::HashSet;

@@ -3,7 +3,7 @@
 use super::fields::{check_id, check_number, known_app, time_in};
 use super::{Columns, ImportError, ImportReport, Loadable, Rejected, import_rows};
 use crate::db::Db;
-use crate::sends::{self, NewSend};
+use crate::db::sends::{self, NewSend};
 use csv::StringRecord;
 use std::collections::HashSet;
 use std::io::Read;

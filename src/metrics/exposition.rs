@@ -36,7 +36,7 @@ impl QueueState {
             .date_naive()
             .and_hms_opt(0, 0, 0)
             .map_or(now, |t| t.and_utc());
-        let spend_today = crate::store::spend_since(db, today).await?;
+        let spend_today = crate::db::records::spend_since(db, today).await?;
         Ok(Self::from_status(&status, spend_today))
     }
 

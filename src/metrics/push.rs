@@ -2,8 +2,8 @@
 
 use super::{JOB, QueueState, exposition};
 use crate::db::Db;
+use crate::db::sends::Shard;
 use crate::pass::Summary;
-use crate::sends::Shard;
 use std::time::Duration;
 use url::Url;
 

@@ -7,9 +7,9 @@
 //! database sets the expiry from its `now()`, which is later, so the lease is at least
 //! as long as this side believes.
 
+use crate::db::lease::{self, Leased, Table};
+use crate::db::passes;
 use crate::db::{Db, DbError};
-use crate::lease::{self, Leased, Table};
-use crate::passes;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -145,9 +145,9 @@ pub struct PassHoldings {
 impl Default for PassHoldings {
     fn default() -> Self {
         Self {
-            sends: Holdings::new(&crate::sends::DUE),
-            conversions: Holdings::new(&crate::conversions::DUE),
-            rates: Holdings::new(&crate::rates::DUE),
+            sends: Holdings::new(&crate::db::sends::DUE),
+            conversions: Holdings::new(&crate::db::conversions::DUE),
+            rates: Holdings::new(&crate::db::rates::DUE),
         }
     }
 }

@@ -5,10 +5,10 @@
 use super::{Deps, PassSettings, Summary};
 use crate::clock;
 use crate::config::Settings;
+use crate::db::sends::{self, Range};
 use crate::db::{Db, DbError};
 use crate::progress::Progress;
 use crate::provider::ProviderClient;
-use crate::sends::{self, Range};
 use anyhow::Context;
 use std::path::Path;
 

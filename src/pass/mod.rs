@@ -30,11 +30,11 @@ pub use crate::config::PassSettings;
 pub use summary::{Ended, Summary};
 
 use crate::clock::SharedClock;
+use crate::db::revisions::{self, Report};
+use crate::db::sends::{self, Range};
 use crate::db::{Db, DbError};
 use crate::progress::Progress;
 use crate::provider::ProviderClient;
-use crate::revisions::{self, Report};
-use crate::sends::{self, Range};
 use lifecycle::lifecycle;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;

@@ -12,8 +12,8 @@
 use super::calls::Calls;
 use super::held::Holdings;
 use crate::clock::SharedClock;
+use crate::db::lease::{Claim, Leased, Scope};
 use crate::db::{Db, DbError};
-use crate::lease::{Claim, Leased, Scope};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;

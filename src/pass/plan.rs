@@ -3,10 +3,10 @@
 //! rate. Reads only: calls and writes nothing.
 
 use super::PassSettings;
-use crate::conversions;
+use crate::db::conversions;
+use crate::db::rates;
+use crate::db::sends::{self, Range};
 use crate::db::{Db, DbError};
-use crate::rates;
-use crate::sends::{self, Range};
 use chrono::{DateTime, Utc};
 use std::fmt;
 use std::time::Duration;

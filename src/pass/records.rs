@@ -7,14 +7,14 @@ use super::held::{Held, Holdings};
 use super::pipeline::{Ctx, Stage, Worked};
 use super::sweep::Sweep;
 use crate::db::DbError;
+use crate::db::lease;
+use crate::db::records;
+use crate::db::revisions;
+use crate::db::sends::{self, Claimed, Completion, SendState};
 use crate::decide::{Checked, Decision, Replayed, Schedule};
-use crate::lease;
 use crate::progress::Progress;
 use crate::provider::Failure;
 use crate::record::Fetched;
-use crate::revisions;
-use crate::sends::{self, Claimed, Completion, SendState};
-use crate::store;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -221,7 +221,7 @@ impl Stage for Records<'_> {
                     db.counted(1);
                 }
             }
-            let stored = store::store(&mut tx, now, &fetched, &held).await?;
+            let stored = records::store(&mut tx, now, &fetched, &held).await?;
             tx.commit().await?;
             // BEGIN, the sends update, the two stores when there were records, COMMIT.
             db.counted(
@@ -261,7 +261,7 @@ impl Records<'_> {
         &self,
         batch: &[CheckedSend],
         held: &HashSet<(i64, uuid::Uuid)>,
-        stored: store::Stored,
+        stored: records::Stored,
     ) {
         let c = self.counters;
         c.records_changed.add(stored.records);

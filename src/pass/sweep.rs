@@ -4,8 +4,8 @@
 
 use super::pipeline::Ctx;
 use crate::db::DbError;
-use crate::lease::Scope;
-use crate::sends::{self, Claimed, Range};
+use crate::db::lease::Scope;
+use crate::db::sends::{self, Claimed, Range};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

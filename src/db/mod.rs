@@ -1,6 +1,29 @@
 //! The database: connecting, the embedded migrations, and the schema check that keeps a
-//! binary from working on a schema it does not know. Each table's SQL lives in the
-//! module that owns the table (`apps`, `sends`, `store`, `passes`).
+//! binary from working on a schema it does not know; below it, one module per table,
+//! each the only place with that table's SQL, and the lease protocol they share:
+//!
+//! - [`apps`]: the apps allowed to record sends;
+//! - [`sends`]: the sends, claimed under a lease, and their counts and retention;
+//! - [`records`]: `records` and `attempts`, written together (the provider's answer);
+//! - [`revisions`]: `record_revisions`, what a replay found different;
+//! - [`conversions`]: the postback ledger;
+//! - [`rates`]: the `conversion_rates` ledger and its marks, `rate_dirty`;
+//! - [`passes`]: one row per run;
+//! - [`ledger`]: what posting one item came to, as the two ledgers record it;
+//! - [`lease`]: claim, renew, complete, release, once for every leased table.
+//!
+//! A statement that must span tables (a prune batch, the rate computation) is built
+//! from fragments each table module gives (`macro_rules!` of literal SQL).
+
+pub mod apps;
+pub mod conversions;
+pub mod lease;
+pub mod ledger;
+pub mod passes;
+pub mod rates;
+pub mod records;
+pub mod revisions;
+pub mod sends;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -31,6 +54,53 @@ macro_rules! in_shard {
     };
 }
 pub(crate) use in_shard;
+
+/// The SQL condition "`$column` is one of the apps in `$apps`, a text[] parameter (all
+/// apps if it is empty)": the scope of `run --app-id`, of a replay's range.
+macro_rules! in_apps {
+    ($column:literal, $apps:literal) => {
+        concat!(
+            "(cardinality(",
+            $apps,
+            "::text[]) = 0 OR ",
+            $column,
+            " = ANY(",
+            $apps,
+            "::text[]))"
+        )
+    };
+}
+pub(crate) use in_apps;
+
+/// Runs one of `prune`'s deletions, `statement` ($1 before, $2 how many at most);
+/// answers how many rows went.
+pub(crate) async fn prune_old(
+    db: &Db,
+    statement: &'static str,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    db.counted(1);
+    Ok(sqlx::query(statement)
+        .bind(before)
+        .bind(limit)
+        .execute(db.pool())
+        .await?
+        .rows_affected())
+}
+
+/// Runs one of `prune`'s counts, `statement` ($1 before).
+pub(crate) async fn count_old(
+    db: &Db,
+    statement: &'static str,
+    before: chrono::DateTime<chrono::Utc>,
+) -> Result<i64, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_scalar(statement)
+        .bind(before)
+        .fetch_one(db.pool())
+        .await
+}
 
 /// The migrations in `migrations/`, embedded at build time (no database needed to build).
 pub static MIGRATOR: Migrator = sqlx::migrate!();

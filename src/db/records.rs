@@ -1,5 +1,6 @@
-//! The `records` and `attempts` tables: the provider's answer for each send, parsed into
-//! columns beside its raw JSON. One statement per table per batch; re-storing an
+//! The `records` and `attempts` tables, one module because they are written together:
+//! the provider's answer for each send, parsed into columns beside its raw JSON (an
+//! attempt row per channel attempt). One statement per table per batch; re-storing an
 //! unchanged answer writes nothing.
 
 use crate::record::{CallAttempt, Fetched, Settlement, SmsAttempt, SnaAttempt};
@@ -319,3 +320,22 @@ pub async fn spend_since(
     .fetch_all(db.pool())
     .await
 }
+
+/// Prune's share of a statement whose CTE `batch` holds the ids of sends that go: the
+/// CTEs `a` and `r` deleting their attempts and records (`delete attempts`, `delete
+/// records`), or how many those are (`count attempts`, `count records`).
+macro_rules! records_of_batch {
+    (delete attempts) => {
+        "a AS (DELETE FROM attempts WHERE send_id IN (SELECT id FROM batch) RETURNING 1)"
+    };
+    (delete records) => {
+        "r AS (DELETE FROM records WHERE send_id IN (SELECT id FROM batch) RETURNING 1)"
+    };
+    (count attempts) => {
+        "(SELECT count(*) FROM attempts WHERE send_id IN (SELECT id FROM batch))"
+    };
+    (count records) => {
+        "(SELECT count(*) FROM records WHERE send_id IN (SELECT id FROM batch))"
+    };
+}
+pub(crate) use records_of_batch;

@@ -227,6 +227,18 @@ pub async fn report(db: &Db, pass_id: i64) -> Result<Report, sqlx::Error> {
     Ok(report)
 }
 
+/// Prune's share of a statement whose CTE `batch` holds the ids of sends that go: the
+/// CTE `v` deleting their revisions (`delete`), or how many those are (`count`).
+macro_rules! revisions_of_batch {
+    (delete) => {
+        "v AS (DELETE FROM record_revisions WHERE send_id IN (SELECT id FROM batch) RETURNING 1)"
+    };
+    (count) => {
+        "(SELECT count(*) FROM record_revisions WHERE send_id IN (SELECT id FROM batch))"
+    };
+}
+pub(crate) use revisions_of_batch;
+
 /// Attempts rows (as `to_jsonb` wrote them) to their status and money.
 fn attempts(json: &str) -> Vec<AttemptMoney> {
     let rows: Vec<Value> = serde_json::from_str(json).unwrap_or_default();

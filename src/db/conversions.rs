@@ -1,10 +1,12 @@
 //! The `conversions` table: which sends converted, and the ledger of posting each one
 //! back to the provider. Claimed under a lease like sends; a conversion marked `sent`
-//! is never claimed again.
+//! is never claimed again. Also its counts for `status` and its share of `prune`.
 
 use crate::db::Db;
-use crate::lease::{self, Claim, Scope, Table, in_scope, lease_cleared, leased_table, still_held};
-use crate::ledger::Posted;
+use crate::db::lease::{
+    self, Claim, Scope, Table, in_scope, lease_cleared, leased_table, still_held,
+};
+use crate::db::ledger::{Posted, ledger_due};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
@@ -92,7 +94,7 @@ pub struct Claimed {
 /// (its pass died while posting) is marked in doubt. $9: now.
 pub static DUE: Table = leased_table! {
     table: "conversions",
-    due: "t.state = 'pending' AND t.next_attempt_at <= $9",
+    due: ledger_due!("t", "$9"),
     order: "t.next_attempt_at",
     shard_key: "message_id",
     on_claim: ", next_attempt_at = now() + $4::bigint * interval '1 millisecond', updated_at = $9,
@@ -214,7 +216,9 @@ pub async fn due(db: &Db, now: DateTime<Utc>, scope: &Scope) -> Result<Vec<Due>,
     db.counted(1);
     let query = sqlx::query(concat!(
         "SELECT kind, app_id, count(*) AS count FROM conversions
-         WHERE state = 'pending' AND next_attempt_at <= $1 AND ",
+         WHERE ",
+        ledger_due!("conversions", "$1"),
+        " AND ",
         in_scope!("message_id", "$2", "$3", "$4"),
         "
          GROUP BY kind, app_id ORDER BY kind, app_id",
@@ -230,4 +234,113 @@ pub async fn due(db: &Db, now: DateTime<Utc>, scope: &Scope) -> Result<Vec<Due>,
             })
         })
         .collect()
+}
+
+/// The conversions not posted yet, for `status` (through the partial indexes
+/// `conversions_due` and `conversions_rejected`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    pub pending: i64,
+    /// Of those, whose last attempt's outcome is unknown.
+    pub in_doubt: i64,
+    pub rejected: i64,
+}
+
+pub async fn pending(db: &Db) -> Result<Pending, sqlx::Error> {
+    db.counted(1);
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM conversions WHERE state = 'pending') AS pending,
+                (SELECT count(*) FROM conversions WHERE state = 'pending' AND in_doubt) AS in_doubt,
+                (SELECT count(*) FROM conversions WHERE state = 'rejected') AS rejected",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    Ok(Pending {
+        pending: row.try_get("pending")?,
+        in_doubt: row.try_get("in_doubt")?,
+        rejected: row.try_get("rejected")?,
+    })
+}
+
+/// Prune's share of a statement whose CTE `batch` holds sends that go (id, app_id,
+/// verification_id): `waiting`, the CTE of the OTP conversions not posted back yet
+/// (their sends stay); `delete`, the CTE `c` removing the batch's acknowledged or
+/// refused OTP conversions; `count`, how many those are.
+macro_rules! conversions_of_batch {
+    (waiting) => {
+        "waiting AS MATERIALIZED (
+                 SELECT app_id, message_id FROM conversions
+                 WHERE state = 'pending' AND kind = 'otp')"
+    };
+    (delete) => {
+        "c AS (DELETE FROM conversions c USING batch b
+               WHERE c.kind = 'otp' AND c.app_id = b.app_id AND c.message_id = b.verification_id
+                 AND c.state IN ('sent', 'rejected')
+               RETURNING 1)"
+    };
+    (count) => {
+        "(SELECT count(*) FROM conversions c JOIN batch b
+                        ON c.kind = 'otp' AND c.app_id = b.app_id AND c.message_id = b.verification_id
+                 WHERE c.state IN ('sent', 'rejected'))"
+    };
+}
+pub(crate) use conversions_of_batch;
+
+/// The conversions that may go, older than $1: acknowledged or refused; an OTP one only
+/// once no send of its verification id is left.
+macro_rules! removable {
+    () => {
+        "SELECT c.id FROM conversions c
+         WHERE c.converted_at < $1 AND c.state IN ('sent', 'rejected') AND c.lease_token IS NULL
+           AND (c.kind = 'sms'
+                OR NOT EXISTS (SELECT 1 FROM sends s
+                               WHERE s.verification_id = c.message_id AND s.app_id = c.app_id))"
+    };
+}
+
+/// Removes up to `limit` conversions that may go (see `removable!`), oldest first,
+/// skipping those locked; answers how many went.
+pub async fn remove_old(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
+    let statement = concat!(
+        "DELETE FROM conversions WHERE id IN (",
+        removable!(),
+        " ORDER BY c.converted_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED)",
+    );
+    crate::db::prune_old(db, statement, before, limit).await
+}
+
+/// How many conversions may go now without their send (whose send is gone already).
+pub async fn count_removable(db: &Db, before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+    let statement = concat!("SELECT count(*) FROM (", removable!(), ") AS x");
+    crate::db::count_old(db, statement, before).await
+}
+
+/// The conversions older than `before` that stay, by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub pending: i64,
+    pub in_doubt: i64,
+    /// Acknowledged OTP conversions whose send stays.
+    pub send_kept: i64,
+}
+
+pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
+    db.counted(1);
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+                count(*) FILTER (WHERE state = 'pending' AND in_doubt) AS in_doubt,
+                count(*) FILTER (WHERE state IN ('sent', 'rejected') AND kind = 'otp'
+                                   AND EXISTS (SELECT 1 FROM sends s
+                                               WHERE s.verification_id = c.message_id
+                                                 AND s.app_id = c.app_id)) AS send_kept
+         FROM conversions c WHERE converted_at < $1",
+    )
+    .bind(before)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(Kept {
+        pending: row.try_get("pending")?,
+        in_doubt: row.try_get("in_doubt")?,
+        send_kept: row.try_get("send_kept")?,
+    })
 }

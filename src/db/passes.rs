@@ -15,6 +15,18 @@ macro_rules! heartbeat_fresh {
 }
 pub(crate) use heartbeat_fresh;
 
+/// The owners of the running passes whose heartbeat is fresh, as a subquery: whose
+/// leases are worked on.
+macro_rules! live_owners {
+    () => {
+        concat!(
+            "SELECT owner FROM passes WHERE outcome = 'running' AND ",
+            $crate::db::passes::heartbeat_fresh!()
+        )
+    };
+}
+pub(crate) use live_owners;
+
 /// Records a pass as running, its heartbeat beating now; answers its id. A heartbeat
 /// older than `heartbeat_timeout` (on the database's clock) means the pass is gone.
 pub async fn start(

@@ -4,7 +4,7 @@
 //! Rate-drawn faults are a hash of (seed, endpoint, id, how many requests that id has
 //! made), so which request of an id fails does not depend on arrival order.
 
-use super::draw::Draw;
+use crate::draw::Draw;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -305,6 +305,21 @@ mod tests {
         }
         assert!((1_700..2_300).contains(&counts[&Fault::Http(500)]));
         assert!((800..1_200).contains(&counts[&Fault::Malformed]));
+    }
+
+    #[test]
+    fn latency_is_the_base_plus_at_most_the_jitter() {
+        let faults = Faults {
+            latency_ms: 150,
+            jitter_ms: 50,
+            ..Faults::default()
+        };
+        let drawn: Vec<u128> = (0..2_000)
+            .map(|i| faults.latency(&Draw::new(9, format!("k{i}"))).as_millis())
+            .collect();
+        assert!(drawn.iter().all(|ms| (150..=200).contains(ms)));
+        // The whole range is used, both ends included.
+        assert!(drawn.contains(&150) && drawn.contains(&200));
     }
 
     #[test]

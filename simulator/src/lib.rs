@@ -5,27 +5,29 @@
 //! Tests start it in-process with [`Simulator::start`] on port 0; `otp-reconcile
 //! simulate` runs the same server as a process. Its `/_sim/*` routes read the stats
 //! and change faults, scripts and the cost switch at run time.
+//!
+//! It does not depend on `otp-reconcile`: the signing rule, the endpoints and the body
+//! checks are written here from the provider's pages, so that a mistake in the client
+//! fails a test instead of being made on both sides.
 
+mod auth;
 mod draw;
 pub mod faults;
 mod handlers;
 pub mod records;
 mod server;
+mod state;
 pub mod stats;
 
+pub use auth::SimClock;
 pub use faults::{Fault, FaultRates, Faults, parse_script};
 pub use records::{COST_DELTA, CostChange, Lookup, NOT_FOUND_PREFIX, RecordConfig, Served};
 pub use stats::{LoggedRequest, StatsSnapshot};
 
-use crate::clock::{self, SharedClock};
-use faults::Scripts;
-use governor::clock::{Clock as _, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use secrecy::SecretString;
-use stats::Stats;
+use state::State;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +51,7 @@ pub struct SimConfig {
     pub script: Vec<Fault>,
     /// A `Timestamp` further than this from the simulator's clock answers -16.
     pub timestamp_window_secs: i64,
-    pub clock: SharedClock,
+    pub clock: SimClock,
 }
 
 impl SimConfig {
@@ -64,7 +66,7 @@ impl SimConfig {
             faults: Faults::default(),
             script: Vec::new(),
             timestamp_window_secs: 300,
-            clock: clock::system(),
+            clock: SimClock::default(),
         }
     }
 }
@@ -76,76 +78,6 @@ pub struct StartError {
     port: u16,
     #[source]
     source: std::io::Error,
-}
-
-/// The simulator's shared state.
-pub(crate) struct State {
-    seed: u64,
-    api_key: String,
-    api_secret: SecretString,
-    timestamp_window_secs: i64,
-    clock: SharedClock,
-    records: RwLock<RecordConfig>,
-    faults: RwLock<Arc<Faults>>,
-    limiter: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
-    scripts: Mutex<Scripts>,
-    stats: Mutex<Stats>,
-}
-
-impl State {
-    fn stats(&self) -> MutexGuard<'_, Stats> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn scripts(&self) -> MutexGuard<'_, Scripts> {
-        self.scripts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn records(&self) -> RwLockReadGuard<'_, RecordConfig> {
-        self.records.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn faults(&self) -> Arc<Faults> {
-        self.faults
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn set_faults(&self, faults: Faults) {
-        let limiter = faults.rate_limit.and_then(NonZeroU32::new).map(|rate| {
-            let burst = faults.rate_burst.and_then(NonZeroU32::new).unwrap_or(rate);
-            Arc::new(RateLimiter::direct(
-                Quota::per_second(rate).allow_burst(burst),
-            ))
-        });
-        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter;
-        *self.faults.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(faults);
-    }
-
-    /// `Some(seconds to wait)` when the request is over the configured rate.
-    fn rate_limited(&self) -> Option<u64> {
-        let limiter = self
-            .limiter
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        let not_until = limiter.check().err()?;
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        Some(wait.as_secs_f64().ceil().max(1.0) as u64)
-    }
-
-    fn set_cost_change(&self, change: CostChange) {
-        self.records
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .cost_change = change;
-    }
-
-    fn reset(&self) {
-        *self.stats() = Stats::default();
-        self.scripts().clear();
-    }
 }
 
 /// Starts simulators.
@@ -165,27 +97,15 @@ impl Simulator {
             port: config.port,
             source,
         })?;
-        let state = Arc::new(State {
-            seed: config.seed,
-            api_key: config.api_key,
-            api_secret: config.api_secret,
-            timestamp_window_secs: config.timestamp_window_secs,
-            clock: config.clock,
-            records: RwLock::new(config.records),
-            faults: RwLock::new(Arc::new(Faults::default())),
-            limiter: RwLock::new(None),
-            scripts: Mutex::new(Scripts::default()),
-            stats: Mutex::new(Stats::default()),
-        });
-        state.set_faults(config.faults);
-        state.scripts().push(None, config.script);
+        let seed = config.seed;
+        let state = Arc::new(State::new(config));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::serve(
             listener,
             handlers::router(state.clone()),
             shutdown.clone(),
         ));
-        tracing::info!(%addr, seed = config.seed, "simulator listening");
+        tracing::info!(%addr, seed, "simulator listening");
         Ok(SimHandle {
             addr,
             state,

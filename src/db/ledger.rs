@@ -1,8 +1,24 @@
-//! What posting one item to the provider came to, as the conversion and rate ledgers
-//! record it.
+//! What posting one item to the provider came to, as the two ledgers record it
+//! (`conversions`, `conversion_rates`: both keep `state`, `next_attempt_at`,
+//! `last_error`), and when an item of either is due.
 
 use crate::provider::{Failure, Transient};
 use chrono::{DateTime, Utc};
+
+/// The SQL condition "ledger item `$t` (a table or its alias) is due at `$now`": not
+/// posted yet, and its next attempt has come.
+macro_rules! ledger_due {
+    ($t:literal, $now:literal) => {
+        concat!(
+            $t,
+            ".state = 'pending' AND ",
+            $t,
+            ".next_attempt_at <= ",
+            $now
+        )
+    };
+}
+pub(crate) use ledger_due;
 
 /// The ledger's verdict on one posting (fatal answers stop the pass before this).
 #[derive(Debug, Clone, PartialEq)]

@@ -14,7 +14,7 @@
 //! statements.
 
 use crate::db::Db;
-use crate::sends::Shard;
+use crate::db::sends::Shard;
 use sqlx::Postgres;
 use sqlx::postgres::{PgArguments, PgRow};
 use std::time::Duration;
@@ -60,11 +60,8 @@ pub(crate) use still_held;
 macro_rules! in_scope {
     ($shard_key:literal, $index:literal, $of:literal, $apps:literal) => {
         concat!(
-            "(cardinality(",
-            $apps,
-            "::text[]) = 0 OR app_id = ANY(",
-            $apps,
-            "::text[])) AND ",
+            $crate::db::in_apps!("app_id", $apps),
+            " AND ",
             $crate::db::in_shard!($shard_key, $index, $of)
         )
     };
@@ -88,7 +85,8 @@ macro_rules! expiry {
 pub(crate) use expiry;
 
 /// A table's [`Table`], from literal pieces of SQL:
-/// - `due`: which rows may be claimed (besides a free lease and the scope);
+/// - `due`: which rows may be claimed (besides a free lease and the scope), a literal or
+///   a table's due predicate (a macro giving one);
 /// - `order`: which first; `shard_key`: the expression a shard hashes;
 /// - `on_claim`, `on_renew`, `on_release`: more `SET` items (each starting with a comma,
 ///   or empty); `on_claim` may use the table's own parameters from $9, `on_release` $1
@@ -99,7 +97,7 @@ pub(crate) use expiry;
 macro_rules! leased_table {
     (
         table: $table:literal,
-        due: $due:literal,
+        due: $due:expr,
         order: $order:literal,
         shard_key: $shard_key:literal,
         on_claim: $on_claim:literal,
@@ -108,7 +106,7 @@ macro_rules! leased_table {
         $(before: $before:literal,)?
         returning: $returning:literal $(,)?
     ) => {
-        $crate::lease::Table {
+        $crate::db::lease::Table {
             name: $table,
             claim: concat!(
                 "WITH due AS (
@@ -122,7 +120,9 @@ macro_rules! leased_table {
                 "
                        AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now())
                        AND t.id <> ALL($5::bigint[])
-                       AND (cardinality($8::text[]) = 0 OR t.app_id = ANY($8::text[]))
+                       AND ",
+                $crate::db::in_apps!("t.app_id", "$8"),
+                "
                        AND ",
                 $crate::db::in_shard!($shard_key, "$6", "$7"),
                 "
@@ -135,7 +135,7 @@ macro_rules! leased_table {
                 $table,
                 " t
                  SET lease_token = $2, lease_owner = $3, lease_expires_at = ",
-                $crate::lease::expiry!("$4"),
+                $crate::db::lease::expiry!("$4"),
                 $on_claim,
                 "
                  FROM due WHERE t.id = due.id
@@ -151,7 +151,7 @@ macro_rules! leased_table {
                  free AS (SELECT t.id FROM ",
                 $table,
                 " t JOIN u ON ",
-                $crate::lease::still_held!(),
+                $crate::db::lease::still_held!(),
                 "
                           FOR UPDATE OF t SKIP LOCKED),
                  renewed AS (
@@ -159,7 +159,7 @@ macro_rules! leased_table {
                 $table,
                 " t
                      SET lease_expires_at = ",
-                $crate::lease::expiry!("$3"),
+                $crate::db::lease::expiry!("$3"),
                 $on_renew,
                 "
                      FROM free WHERE t.id = free.id
@@ -169,7 +169,7 @@ macro_rules! leased_table {
                         EXISTS (SELECT 1 FROM ",
                 $table,
                 " t WHERE ",
-                $crate::lease::still_held!(),
+                $crate::db::lease::still_held!(),
                 ") AS held
                  FROM u"
             ),
@@ -178,13 +178,13 @@ macro_rules! leased_table {
                 $table,
                 " t
                  SET ",
-                $crate::lease::lease_cleared!(),
+                $crate::db::lease::lease_cleared!(),
                 $on_release,
                 "
                  FROM unnest($2::bigint[], $3::uuid[], $4::bool[], $5::timestamptz[])
                       AS u(id, lease, in_doubt, due_at)
                  WHERE ",
-                $crate::lease::still_held!()
+                $crate::db::lease::still_held!()
             ),
         }
     };
@@ -286,7 +286,7 @@ pub trait Leased {
 /// `in_doubt`, given as a second argument).
 macro_rules! impl_leased {
     ($ty:ty) => {
-        impl $crate::lease::Leased for $ty {
+        impl $crate::db::lease::Leased for $ty {
             fn id(&self) -> i64 {
                 self.id
             }
@@ -296,7 +296,7 @@ macro_rules! impl_leased {
         }
     };
     ($ty:ty, in_doubt) => {
-        impl $crate::lease::Leased for $ty {
+        impl $crate::db::lease::Leased for $ty {
             fn id(&self) -> i64 {
                 self.id
             }
