@@ -24,8 +24,12 @@ pub struct PassSettings {
     pub write_interval: Duration,
     /// Write transactions in flight at most.
     pub writers: usize,
-    /// Requests in flight at most.
+    /// Requests in flight at most: the ceiling of the adaptive limit, or the limit
+    /// itself when `adaptive` is off.
     pub concurrency: usize,
+    /// The in-flight limit follows the provider's latency (`provider::limit`); off
+    /// (`--fixed-concurrency`), it is `concurrency` always.
+    pub adaptive: bool,
     /// Requests per second for the whole pass; `None` for no limit.
     pub rate: Option<f64>,
     pub burst: u32,
@@ -65,7 +69,8 @@ impl Default for PassSettings {
             write_batch: 500,
             write_interval: Duration::from_millis(200),
             writers: 2,
-            concurrency: 32,
+            concurrency: DEFAULT_CONCURRENCY,
+            adaptive: true,
             rate: None,
             burst: 1,
             lease: Duration::from_secs(300),
@@ -101,6 +106,10 @@ impl PassSettings {
     }
 }
 
+/// The default ceiling of the in-flight limit. The limit itself adapts below it; the
+/// ceiling bounds the memory a pass can hold (see README, "Concurrency").
+pub const DEFAULT_CONCURRENCY: usize = 512;
+
 /// `host:pid`, for the lease owner column.
 pub fn default_owner() -> String {
     let host = std::env::var("HOSTNAME")
@@ -115,9 +124,13 @@ pub fn default_owner() -> String {
 /// How a pass runs.
 #[derive(Debug, Clone, Args)]
 pub struct PassArgs {
-    /// Requests in flight at most.
-    #[arg(long, env = "PASS_CONCURRENCY", default_value_t = 32)]
+    /// Requests in flight at most. The pass adapts its in-flight limit to the
+    /// provider's latency (and --rate) below this ceiling.
+    #[arg(long, env = "PASS_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+    /// Keep exactly --concurrency requests in flight instead of adapting.
+    #[arg(long, env = "PASS_FIXED_CONCURRENCY")]
+    pub fixed_concurrency: bool,
     /// Requests per second for the whole pass (fractions allowed); unlimited if unset.
     #[arg(long, env = "PASS_RATE")]
     pub rate: Option<f64>,
@@ -291,6 +304,7 @@ impl PassArgs {
             write_batch: self.batch_size,
             writers: self.writers,
             concurrency: self.concurrency,
+            adaptive: !self.fixed_concurrency,
             rate: self.rate.map(|r| r / f64::from(of)),
             burst: (self.burst / of).max(1),
             shard,

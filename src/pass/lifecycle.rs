@@ -13,6 +13,7 @@ use crate::db::passes;
 use crate::db::sends;
 use crate::db::{Db, DbError};
 use crate::provider::Gate;
+use crate::provider::limit::LimitSettings;
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -49,6 +50,7 @@ pub async fn lifecycle(
             ended,
             counters: &ran.counters,
             requests: ran.requests,
+            in_flight_limit_peak: ran.in_flight_limit_peak,
             retries: retries_before - settings.retry.budget.left(),
             // The final `passes` update is counted too.
             db_statements: deps.db.statements() - statements_before + 1,
@@ -100,6 +102,7 @@ struct Ran {
     tripped: Option<crate::provider::Trip>,
     hit_deadline: bool,
     requests: u64,
+    in_flight_limit_peak: usize,
     counters: Counters,
 }
 
@@ -110,8 +113,14 @@ struct Ran {
 async fn work(deps: &Deps<'_>, settings: &PassSettings, task: &Task, pass_id: i64) -> Ran {
     let stop = deps.interrupt.child_token();
     let abort = CancellationToken::new();
-    let gate =
-        Gate::new(settings.rate, settings.burst, stop.clone()).with_breaker(settings.breaker);
+    let gate = Gate::new(settings.rate, settings.burst, stop.clone())
+        .with_breaker(settings.breaker)
+        .with_limit(LimitSettings {
+            min: 1,
+            max: settings.concurrency,
+            rate: settings.rate,
+            adaptive: settings.adaptive,
+        });
     let calls = Calls::new(deps.client, &gate, &settings.retry, &stop, &abort);
     let scope = settings.scope();
     let held = PassHoldings::default();
@@ -171,6 +180,7 @@ async fn work(deps: &Deps<'_>, settings: &PassSettings, task: &Task, pass_id: i6
         fatal: calls.take_fatal(),
         tripped: gate.tripped(),
         requests: gate.admitted(),
+        in_flight_limit_peak: gate.in_flight_limit().1,
         counters,
     }
 }

@@ -143,6 +143,8 @@ pub struct Summary {
     pub lease_lost: u64,
     pub requests: u64,
     pub retries: u64,
+    /// The highest the in-flight limit went (adaptive, up to `--concurrency`).
+    pub in_flight_limit_peak: usize,
     pub records_changed: u64,
     pub attempts_changed: u64,
     pub conversions: Conversions,
@@ -165,6 +167,7 @@ pub struct Totals<'a> {
     pub counters: &'a Counters,
     pub requests: u64,
     pub retries: u64,
+    pub in_flight_limit_peak: usize,
     pub db_statements: u64,
     pub elapsed_secs: f64,
     pub error: Option<String>,
@@ -209,6 +212,7 @@ impl Summary {
             lease_lost: c.lease_lost.get(),
             requests: t.requests,
             retries: t.retries,
+            in_flight_limit_peak: t.in_flight_limit_peak,
             records_changed: c.records_changed.get(),
             attempts_changed: c.attempts_changed.get(),
             conversions: Conversions {
@@ -267,7 +271,8 @@ impl Summary {
              claimed {claimed}, checked {checked}: settled {settled}, re-check later {rechecks} \
              (still sending {ss}, not yet visible {nv}, unreadable {ur}, transient failures {tf}), \
              rejected {rejected}, expired {expired}\n\
-             released unchecked {released}, lease lost {lost}; requests {requests} ({retries} retries); \
+             released unchecked {released}, lease lost {lost}; requests {requests} ({retries} retries, \
+             in-flight limit up to {peak}); \
              records changed {rc}, attempts changed {ac}\n\
              conversions: posted {cs}, rejected {cr}, retry later {cl}, released {crel}, \
              possibly duplicated {cd}\n\
@@ -295,6 +300,7 @@ impl Summary {
             lost = self.lease_lost,
             requests = self.requests,
             retries = self.retries,
+            peak = self.in_flight_limit_peak,
             rc = self.records_changed,
             ac = self.attempts_changed,
             cs = self.conversions.sent,

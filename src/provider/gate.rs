@@ -15,10 +15,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// A request let through the gate: it holds its place under the in-flight limit.
+/// A request let through the gate, and when: its latency is a sample for the
+/// in-flight limit.
 #[derive(Debug)]
 #[must_use = "give the outcome to Gate::observe"]
-pub struct Admitted<'a>(Permit<'a>);
+pub struct Admitted(Instant);
+
+/// A call's place under the in-flight limit, held from its first attempt to its
+/// outcome.
+pub type Slot<'a> = Permit<'a>;
 
 #[derive(Debug)]
 pub struct Gate {
@@ -72,22 +77,23 @@ impl Gate {
         self
     }
 
-    /// Records what one request, admitted with `permit`, came to: its latency or its
-    /// overload for the in-flight limit, its health for the breaker. When it opens the
+    /// Records what one `admitted` request came to: its latency or its overload for
+    /// the in-flight limit, its health for the breaker. When it opens the
     /// breaker, the gate stops: no request starts any more, and waiting ones give up.
-    pub fn observe<T>(&self, permit: Admitted<'_>, outcome: &Result<T, Failure>) {
+    pub fn observe<T>(&self, admitted: Admitted, outcome: &Result<T, Failure>) {
         let health = health(outcome);
-        permit.0.done(match health {
-            // The latency is measured by the permit itself.
-            Health::Answered => Sample::Answered(std::time::Duration::ZERO),
+        let now = Instant::now();
+        let sample = match health {
+            Health::Answered => Sample::Answered(now.saturating_duration_since(admitted.0)),
             Health::TimedOut | Health::Neutral => Sample::Overloaded,
             Health::Failing => Sample::Ignored,
-        });
+        };
+        self.in_flight.sample(sample, now);
         let cause = || match outcome {
             Err(failure) => failure.to_string(),
             Ok(_) => String::new(),
         };
-        if self.breaker.record(Instant::now(), health, cause) {
+        if self.breaker.record(now, health, cause) {
             if let Some(trip) = self.breaker.tripped() {
                 tracing::error!(%trip, "stopping the pass: the provider is unavailable");
             }
@@ -111,11 +117,18 @@ impl Gate {
         Self::new(None, 1, CancellationToken::new())
     }
 
-    /// Waits for any pause, for the rate limit and for a place under the in-flight
-    /// limit. `None`, without waiting further, once the pass is stopping: the request
-    /// must not be sent. The place is held until the answer is [`Gate::observe`]d (or
-    /// the request is abandoned).
-    pub async fn admit(&self) -> Option<Admitted<'_>> {
+    /// Waits for a place under the in-flight limit for one call (a request and its
+    /// retries). `None` once the pass is stopping.
+    pub async fn slot(&self) -> Option<Slot<'_>> {
+        tokio::select! {
+            slot = self.in_flight.acquire() => (!self.stop.is_cancelled()).then_some(slot),
+            _ = self.stop.cancelled() => None,
+        }
+    }
+
+    /// Waits for any pause and for the rate limit. `None`, without waiting further,
+    /// once the pass is stopping: the request must not be sent.
+    pub async fn admit(&self) -> Option<Admitted> {
         loop {
             let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
             match paused {
@@ -127,10 +140,6 @@ impl Gate {
                 _ => break,
             }
         }
-        let permit = tokio::select! {
-            permit = self.in_flight.acquire() => permit,
-            _ = self.stop.cancelled() => return None,
-        };
         if let Some(limiter) = &self.limiter {
             tokio::select! {
                 _ = limiter.until_ready() => {}
@@ -141,7 +150,7 @@ impl Gate {
             return None;
         }
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        Some(Admitted(permit))
+        Some(Admitted(Instant::now()))
     }
 
     /// Holds every request for `delay` (the provider's `Retry-After`).

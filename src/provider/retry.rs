@@ -85,6 +85,8 @@ impl RetryPolicy {
             .build();
         let mut rate_limited = 0;
         let mut stale_timestamps = 0;
+        // One place under the in-flight limit for the whole call, retries included.
+        let _slot = gate.slot().await?;
         loop {
             let admitted = gate.admit().await?;
             let outcome = call().await;

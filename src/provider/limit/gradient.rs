@@ -1,35 +1,7 @@
-//! The adaptive in-flight limit: how many provider requests a pass keeps open at once.
-//!
-//! A fixed `--concurrency` is wrong for most providers: 32 requests against one that
-//! answers in 300 ms cap a pass at about 100 requests/s whatever `--rate` says, and 512
-//! against one that answers in 1 ms only queue work in this process and the database.
-//! The limit follows the latency, in the manner of Netflix's concurrency-limits
-//! (gradient limiters) and TCP Vegas:
-//!
-//! - the short-term latency is an average over the last [`SHORT_SAMPLES`] answers (a
-//!   provider whose answers vary between 100 and 300 ms reads as a steady 200);
-//! - the baseline is the lowest short-term latency of the last one to two
-//!   [`BASELINE_WINDOW`]s: what answers take when nothing queues. (Gradient2's long-term
-//!   *average* follows the short-term one up as requests queue in this process, so a
-//!   pass that is its own bottleneck would grow without end; a windowed minimum does
-//!   not, and still learns, a window later, a provider that became slower.)
-//! - `ratio = short / baseline`. Up to [`TOLERANCE`] nothing queues: the limit grows,
-//!   by one per answer at first (doubling every round trip, TCP's slow start), then,
-//!   after the first sign of queueing, by about √limit per round trip;
-//! - beyond it, `gradient = max(TOLERANCE / ratio, 0.5)` and the limit moves a
-//!   [`SMOOTHING`] share of the way to `limit × gradient + √limit` per round trip;
-//! - a timeout or a 429 multiplies it by [`BACKOFF`], at most once per latency;
-//! - it does not grow while fewer than half its places are used (the pass is limited
-//!   by something else: the rate, the claim, the end of the work);
-//! - it stays within `[min, max]`: `max` is `--concurrency`, and with a rate limit it
-//!   never exceeds twice what Little's law needs (`rate × latency`).
-//!
-//! [`Gradient`] is the arithmetic alone, driven by samples and the times given to it,
-//! so tests need no clock; [`Limiter`] holds it behind the permits the gate hands out.
+//! The limit's arithmetic, driven by samples and the times given to it (no clock, no
+//! locks): see the module above for the rule it follows.
 
-use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Answers the short-term latency averages over.
@@ -199,108 +171,6 @@ impl Gradient {
     }
 }
 
-/// The permits: at most `limit()` requests hold one at a time.
-#[derive(Debug)]
-pub struct Limiter {
-    state: Mutex<State>,
-    freed: Notify,
-}
-
-#[derive(Debug)]
-struct State {
-    gradient: Gradient,
-    in_flight: usize,
-    peak_limit: usize,
-}
-
-/// One request's place in the limit; given back when dropped (a request abandoned
-/// mid-flight included), with its sample when [`Permit::done`] is called.
-#[derive(Debug)]
-pub struct Permit<'a> {
-    limiter: &'a Limiter,
-    started: Instant,
-    sample: Option<Sample>,
-}
-
-impl Limiter {
-    pub fn new(settings: LimitSettings) -> Self {
-        let gradient = Gradient::new(settings);
-        Self {
-            state: Mutex::new(State {
-                peak_limit: gradient.limit(),
-                gradient,
-                in_flight: 0,
-            }),
-            freed: Notify::new(),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits for a place under the limit.
-    pub async fn acquire(&self) -> Permit<'_> {
-        loop {
-            let freed = self.freed.notified();
-            {
-                let mut state = self.state();
-                if state.in_flight < state.gradient.limit() {
-                    state.in_flight += 1;
-                    return Permit {
-                        limiter: self,
-                        started: Instant::now(),
-                        sample: None,
-                    };
-                }
-            }
-            freed.await;
-        }
-    }
-
-    /// The limit now.
-    pub fn limit(&self) -> usize {
-        self.state().gradient.limit()
-    }
-
-    /// The highest the limit reached.
-    pub fn peak(&self) -> usize {
-        self.state().peak_limit
-    }
-
-    fn give_back(&self, started: Instant, sample: Option<Sample>) {
-        let now = Instant::now();
-        {
-            let mut state = self.state();
-            let in_flight = state.in_flight;
-            state.in_flight = in_flight.saturating_sub(1);
-            if let Some(sample) = sample {
-                let sample = match sample {
-                    Sample::Answered(_) => Sample::Answered(now.duration_since(started)),
-                    other => other,
-                };
-                state.gradient.sample(sample, in_flight, now);
-                state.peak_limit = state.peak_limit.max(state.gradient.limit());
-            }
-        }
-        // The limit may have grown by more than one: wake everyone to look.
-        self.freed.notify_waiters();
-    }
-}
-
-impl Permit<'_> {
-    /// Records what the request came to (the latency is measured from the permit).
-    pub fn done(mut self, sample: Sample) {
-        self.sample = Some(sample);
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        self.limiter.give_back(self.started, self.sample.take());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,21 +328,5 @@ mod tests {
         assert!(seen.iter().all(|&l| l == 32));
         g.sample(Sample::Overloaded, 32, Instant::now());
         assert_eq!(g.limit(), 32);
-    }
-
-    #[tokio::test]
-    async fn permits_stop_at_the_limit_and_come_back_when_dropped() {
-        let limiter = Limiter::new(LimitSettings::fixed(2));
-        let a = limiter.acquire().await;
-        let b = limiter.acquire().await;
-        let third = limiter.acquire();
-        tokio::pin!(third);
-        assert!(futures::poll!(third.as_mut()).is_pending());
-        // Abandoned mid-flight: its place comes back all the same.
-        drop(a);
-        let c = third.await;
-        b.done(Sample::Answered(Duration::ZERO));
-        c.done(Sample::Ignored);
-        assert_eq!(limiter.state().in_flight, 0);
     }
 }
