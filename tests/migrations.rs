@@ -50,6 +50,10 @@ const PINNED: &[(i64, &str)] = &[
         20261127000030,
         "a546c073814658df3180f3009c89a2e8a112c16ba062f49e1dcae91468607edef4f4ce39150239607dcd787b2c5cdb55",
     ),
+    (
+        20261128000040,
+        "afcb478a64c601193e2e2e4f80e4bb3f46967dc2be19361a8a26740d5cc505713c1851f8d896aa594e30230545bd9ef0",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).
