@@ -54,6 +54,10 @@ const PINNED: &[(i64, &str)] = &[
         20261128000040,
         "afcb478a64c601193e2e2e4f80e4bb3f46967dc2be19361a8a26740d5cc505713c1851f8d896aa594e30230545bd9ef0",
     ),
+    (
+        20261128000041,
+        "c55ccbdaf57630c873739af05b4d732a433532f33d8e890fcd88d6a7011d6c2ea21de5e76ce31f1afc28e50cc92a0607",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).
