@@ -1,7 +1,7 @@
 //! `otp-reconcile migrate` and `otp-reconcile app`: the schema and the apps table.
 
-use super::DbArgs;
 use crate::config::ConfigError;
+use crate::config::DbArgs;
 use crate::db::apps;
 use crate::db::{self, DbError};
 use crate::exit::Exit;

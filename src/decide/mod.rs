@@ -1,5 +1,10 @@
-//! What becomes of a send after a check (SPEC "One pass", step 4). Pure: the answer,
-//! the send's age and its check count in, the next state out.
+//! What becomes of a send after a check (SPEC "One pass", step 4), and after a
+//! replay's re-fetch ([`replay`]). Pure: the answer, the send's age and its check count
+//! in, the next state out.
+
+mod replay;
+
+pub use replay::Replayed;
 
 use crate::clock::after;
 use crate::db::sends::SendState;
@@ -167,14 +172,16 @@ mod tests {
     use crate::provider::{FatalCause, Transient};
     use crate::record::{SmsAttempt, Verification};
 
-    fn at(minutes: i64) -> DateTime<Utc> {
+    /// Minutes after a fixed start (shared with the replay's tests).
+    pub(super) fn at(minutes: i64) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .to_utc()
             + chrono::Duration::minutes(minutes)
     }
 
-    fn record(matched: Matched, sms_status: i64) -> Record {
+    /// A record with one sms attempt (shared with the replay's tests).
+    pub(super) fn record(matched: Matched, sms_status: i64) -> Record {
         Record {
             verification: Verification {
                 matched: Some(matched),

@@ -1,7 +1,10 @@
-//! Typed settings, built from flags and environment variables. The API secret is read
-//! from `PROVIDER_API_SECRET` or the file named by `PROVIDER_API_SECRET_FILE`, never
-//! from a flag, and lives in a [`SecretString`] from then on.
+//! How to reach the provider: its flags and environment ([`ProviderArgs`]), checked
+//! into [`ProviderSettings`]. The API secret is read from `PROVIDER_API_SECRET` or the
+//! file named by `PROVIDER_API_SECRET_FILE`, never from a flag, and lives in a
+//! [`SecretString`] from then on.
 
+use super::ConfigError;
+use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -12,40 +15,6 @@ use url::{Host, Url};
 pub const SECRET_ENV: &str = "PROVIDER_API_SECRET";
 /// The environment variable naming a file that holds the API secret.
 pub const SECRET_FILE_ENV: &str = "PROVIDER_API_SECRET_FILE";
-
-/// A setting that cannot be used. The message names the setting, never a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("no API secret: set {SECRET_ENV} or {SECRET_FILE_ENV}")]
-    MissingSecret,
-    #[error("both {SECRET_ENV} and {SECRET_FILE_ENV} are set; keep one")]
-    TwoSecrets,
-    #[error("cannot read the API secret file {path}")]
-    SecretFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the API secret file {0} is empty")]
-    EmptySecretFile(PathBuf),
-    #[error("no API key: set PROVIDER_API_KEY or --api-key")]
-    MissingKey,
-    #[error("PROVIDER_BASE_URL {url:?} is not a URL")]
-    BadUrl {
-        url: String,
-        #[source]
-        source: url::ParseError,
-    },
-    #[error(
-        "PROVIDER_BASE_URL {0} is plain http to a host that is not loopback; \
-         use https, or pass --allow-insecure-http"
-    )]
-    InsecureHttp(String),
-    #[error("PROVIDER_BASE_URL {0} must be http or https")]
-    BadScheme(String),
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// Everything the provider client needs.
 #[derive(Debug, Clone)]
@@ -146,6 +115,72 @@ pub fn api_secret(
 /// The secret from the process environment, as the binary reads it.
 pub fn api_secret_from_env(file: Option<&Path>) -> Result<SecretString, ConfigError> {
     api_secret(std::env::var(SECRET_ENV).ok(), file)
+}
+
+/// How to reach the provider. The API secret comes from `PROVIDER_API_SECRET` or the
+/// file in `PROVIDER_API_SECRET_FILE`, never from a flag.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// The provider's base URL.
+    #[arg(
+        long,
+        env = "PROVIDER_BASE_URL",
+        default_value = "https://api.itniotech.com"
+    )]
+    pub base_url: String,
+
+    /// The API key (`Api-Key` header).
+    #[arg(long, env = "PROVIDER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// A file holding the API secret (a mounted Secret). Or set PROVIDER_API_SECRET.
+    #[arg(long, env = SECRET_FILE_ENV)]
+    pub api_secret_file: Option<PathBuf>,
+
+    /// Allow plain http:// to a host that is not loopback.
+    #[arg(long, env = "ALLOW_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_insecure_http: bool,
+
+    /// Time allowed to connect to the provider.
+    #[arg(long, env = "PROVIDER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Time allowed for a whole request, answer included.
+    #[arg(long, env = "PROVIDER_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Answers larger than this many bytes are an error.
+    #[arg(long, env = "PROVIDER_MAX_ANSWER_BYTES", default_value_t = 1024 * 1024)]
+    pub max_answer_bytes: usize,
+
+    /// Attempts one record may hold (sms, call and sna together); more is unreadable.
+    #[arg(long, env = "PROVIDER_MAX_RECORD_ATTEMPTS", default_value_t = crate::provider::scan::DEFAULT_MAX_ATTEMPTS)]
+    pub max_record_attempts: usize,
+}
+
+impl ProviderArgs {
+    /// The settings, with the secret read from the environment or its file.
+    pub fn settings(&self) -> Result<ProviderSettings, ConfigError> {
+        let key = self.api_key.as_deref().ok_or(ConfigError::MissingKey)?;
+        let secret = api_secret_from_env(self.api_secret_file.as_deref())?;
+        let mut settings =
+            ProviderSettings::new(&self.base_url, key, secret, self.allow_insecure_http)?;
+        if self.max_answer_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-answer-bytes must be positive".into(),
+            ));
+        }
+        settings.connect_timeout = self.connect_timeout;
+        settings.request_timeout = self.request_timeout;
+        settings.max_answer_bytes = self.max_answer_bytes;
+        if self.max_record_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-record-attempts must be positive".into(),
+            ));
+        }
+        settings.max_record_attempts = self.max_record_attempts;
+        Ok(settings)
+    }
 }
 
 #[cfg(test)]
