@@ -17,26 +17,27 @@ CREATE TABLE spend_days (
     CONSTRAINT spend_days_once UNIQUE NULLS NOT DISTINCT (day, currency)
 );
 
--- A send whose sent_at moves to another day takes its spend with it.
-CREATE FUNCTION spend_days_sends_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A send whose sent_at moves to another day takes its spend with it. A row trigger on
+-- `sent_at` alone, with the day change in its WHEN: the job's own updates of sends
+-- (claims, renewals, completions) never set sent_at, so they never fire it or pay for
+-- transition tables.
+CREATE FUNCTION spend_days_send_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO spend_days AS d (day, currency, pay, attempts)
     SELECT x.day, a.settle_currency, sum(x.sign * a.settle_pay), sum(x.sign)
-    FROM new_rows n
-    JOIN old_rows o ON o.id = n.id
-    CROSS JOIN LATERAL (VALUES ((n.sent_at AT TIME ZONE 'UTC')::date, 1),
-                               ((o.sent_at AT TIME ZONE 'UTC')::date, -1)) AS x(day, sign)
-    JOIN attempts a ON a.send_id = n.id AND a.settle_pay IS NOT NULL
-    WHERE (n.sent_at AT TIME ZONE 'UTC')::date <> (o.sent_at AT TIME ZONE 'UTC')::date
+    FROM (VALUES ((NEW.sent_at AT TIME ZONE 'UTC')::date, 1),
+                 ((OLD.sent_at AT TIME ZONE 'UTC')::date, -1)) AS x(day, sign)
+    JOIN attempts a ON a.send_id = NEW.id AND a.settle_pay IS NOT NULL
     GROUP BY 1, 2
     ORDER BY 1, 2
     ON CONFLICT ON CONSTRAINT spend_days_once DO UPDATE
     SET pay = d.pay + EXCLUDED.pay, attempts = d.attempts + EXCLUDED.attempts;
     RETURN NULL;
 END $$;
-CREATE TRIGGER sends_spend_days_update AFTER UPDATE ON sends
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION spend_days_sends_updated();
+CREATE TRIGGER sends_spend_days_moved AFTER UPDATE OF sent_at ON sends
+    FOR EACH ROW
+    WHEN ((OLD.sent_at AT TIME ZONE 'UTC')::date IS DISTINCT FROM (NEW.sent_at AT TIME ZONE 'UTC')::date)
+    EXECUTE FUNCTION spend_days_send_moved();
 
 -- A database upgraded to this schema: its history, read once.
 INSERT INTO spend_days (day, currency, pay, attempts)

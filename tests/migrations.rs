@@ -52,7 +52,7 @@ const PINNED: &[(i64, &str)] = &[
     ),
     (
         20261128000040,
-        "afcb478a64c601193e2e2e4f80e4bb3f46967dc2be19361a8a26740d5cc505713c1851f8d896aa594e30230545bd9ef0",
+        "dd5a057d8a0a3a61fb3c9df27a758f8a4ce25a7fbcb68124c74622321c5fd4f839fac4d887b2ffc43f1b80af8ad4f7eb",
     ),
     (
         20261128000041,
