@@ -273,9 +273,17 @@ macro_rules! conversions_of_batch {
                  WHERE state = 'pending' AND kind = 'otp')"
     };
     (delete) => {
-        "c AS (DELETE FROM conversions c USING batch b
-               WHERE c.kind = 'otp' AND c.app_id = b.app_id AND c.message_id = b.verification_id
-                 AND c.state IN ('sent', 'rejected')
+        // Through the index, one probe per send: the LATERAL subquery is kept apart
+        // (OFFSET 0) so the planner cannot turn it into a hash join over every
+        // conversion, and the ids are deleted by primary key.
+        "c AS (DELETE FROM conversions
+               WHERE id = ANY(ARRAY(
+                   SELECT x.id FROM batch b CROSS JOIN LATERAL (
+                       SELECT c.id FROM conversions c
+                       WHERE c.kind = 'otp' AND c.app_id = b.app_id
+                         AND c.message_id = b.verification_id
+                         AND c.state IN ('sent', 'rejected')
+                       OFFSET 0) AS x))
                RETURNING 1)"
     };
     (count) => {

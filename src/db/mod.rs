@@ -24,6 +24,7 @@ pub mod rates;
 pub mod records;
 pub mod revisions;
 pub mod sends;
+pub mod spend;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -3,6 +3,7 @@
 //! attempt row per channel attempt). One statement per table per batch; re-storing an
 //! unchanged answer writes nothing.
 
+use crate::db::spend::add_spend;
 use crate::record::{CallAttempt, Fetched, Settlement, SmsAttempt, SnaAttempt};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -226,7 +227,7 @@ async fn store_attempts(
         .map(|(id, _)| *id)
         .filter(|id| held.contains(id))
         .collect();
-    let result = sqlx::query(
+    let result = sqlx::query(concat!(
         "WITH incoming AS (
              SELECT * FROM unnest(
                  $1::bigint[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::bigint[],
@@ -244,7 +245,19 @@ async fn store_attempts(
              WHERE a.send_id = ANY($25::bigint[])
                AND NOT EXISTS (SELECT 1 FROM incoming i
                                WHERE i.send_id = a.send_id AND i.channel = a.channel
-                                 AND i.position = a.position))
+                                 AND i.position = a.position)),
+         ",
+        // The spend: what is written, less what it replaces (read before the writes).
+        add_spend!(
+            "spend",
+            "SELECT send_id, settle_currency, settle_pay, 1 FROM incoming
+             WHERE settle_pay IS NOT NULL
+             UNION ALL
+             SELECT send_id, settle_currency, -settle_pay, -1 FROM attempts
+             WHERE send_id = ANY($25::bigint[]) AND settle_pay IS NOT NULL",
+            "SELECT id, sent_at FROM sends WHERE id = ANY($25::bigint[])"
+        ),
+        "
          INSERT INTO attempts AS a
          SELECT * FROM incoming
          ON CONFLICT (send_id, channel, position) DO UPDATE
@@ -272,7 +285,7 @@ async fn store_attempts(
                 EXCLUDED.bill_period, EXCLUDED.supplier_code, EXCLUDED.rate, EXCLUDED.amount,
                 EXCLUDED.settle_pay, EXCLUDED.settle_price, EXCLUDED.settle_currency,
                 EXCLUDED.quote_exchange)",
-    )
+    ))
     .bind(column!(rows, send_id))
     .bind(rows.iter().map(|r| r.channel).collect::<Vec<_>>())
     .bind(column!(rows, position))
@@ -304,21 +317,13 @@ async fn store_attempts(
 }
 
 /// The settled cost of the sends sent since `since`, per settle currency (`None` when
-/// the provider gave none): what the job pushes as today's spend.
+/// the provider gave none): what the job pushes as today's spend. Reads `spend_days`
+/// (see [`crate::db::spend`]), not the sends.
 pub async fn spend_since(
     db: &crate::db::Db,
     since: DateTime<Utc>,
 ) -> Result<Vec<(Option<String>, Decimal)>, sqlx::Error> {
-    db.counted(1);
-    sqlx::query_as(
-        "SELECT a.settle_currency, sum(a.settle_pay)
-         FROM sends s JOIN attempts a ON a.send_id = s.id
-         WHERE s.sent_at >= $1 AND a.settle_pay IS NOT NULL
-         GROUP BY 1 ORDER BY 1 NULLS LAST",
-    )
-    .bind(since)
-    .fetch_all(db.pool())
-    .await
+    crate::db::spend::spend_since(db, since).await
 }
 
 /// Prune's share of a statement whose CTE `batch` holds the ids of sends that go: the
@@ -326,7 +331,17 @@ pub async fn spend_since(
 /// records`), or how many those are (`count attempts`, `count records`).
 macro_rules! records_of_batch {
     (delete attempts) => {
-        "a AS (DELETE FROM attempts WHERE send_id IN (SELECT id FROM batch) RETURNING 1)"
+        concat!(
+            "a AS (DELETE FROM attempts WHERE send_id IN (SELECT id FROM batch)
+               RETURNING send_id, settle_currency, settle_pay),
+             ",
+            $crate::db::spend::add_spend!(
+                "spend",
+                "SELECT send_id, settle_currency, -settle_pay, -1 FROM a
+                 WHERE settle_pay IS NOT NULL",
+                "SELECT id, sent_at FROM batch"
+            )
+        )
     };
     (delete records) => {
         "r AS (DELETE FROM records WHERE send_id IN (SELECT id FROM batch) RETURNING 1)"
