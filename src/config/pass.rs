@@ -65,8 +65,8 @@ pub struct PassSettings {
 impl Default for PassSettings {
     fn default() -> Self {
         Self {
-            batch_size: 500,
-            write_batch: 500,
+            batch_size: DEFAULT_BATCH_SIZE,
+            write_batch: DEFAULT_BATCH_SIZE,
             write_interval: Duration::from_millis(200),
             writers: 2,
             concurrency: DEFAULT_CONCURRENCY,
@@ -107,8 +107,12 @@ impl PassSettings {
 }
 
 /// The default ceiling of the in-flight limit. The limit itself adapts below it; the
-/// ceiling bounds the memory a pass can hold (see README, "Concurrency").
-pub const DEFAULT_CONCURRENCY: usize = 512;
+/// ceiling bounds the memory a pass can hold: about 50 KiB per request in flight
+/// (connection and buffers), so 768 keeps a pass under 64 MiB (README, "Concurrency").
+pub const DEFAULT_CONCURRENCY: usize = 768;
+/// Sends claimed at a time and written per transaction: enough to keep the default
+/// ceiling busy between claims, and fewer statements per send.
+pub const DEFAULT_BATCH_SIZE: usize = 1_000;
 
 /// `host:pid`, for the lease owner column.
 pub fn default_owner() -> String {
@@ -138,7 +142,7 @@ pub struct PassArgs {
     #[arg(long, env = "PASS_BURST", default_value_t = 10)]
     pub burst: u32,
     /// Sends claimed at a time, and written per transaction.
-    #[arg(long, env = "PASS_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "PASS_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Write transactions in flight at once (each holds a database connection).
     #[arg(long, env = "PASS_WRITERS", default_value_t = 2)]

@@ -71,9 +71,10 @@ pub struct Gradient {
     backoff_after: Option<Instant>,
 }
 
-/// Where the limit starts before any answer: enough to learn the latency quickly
-/// without opening hundreds of connections to a provider we know nothing about.
-const START: usize = 20;
+/// Where the limit starts before any answer: enough to learn the latency quickly and
+/// reach hundreds within a few round trips (slow start doubles it each), without
+/// opening hundreds of connections to a provider we know nothing about yet.
+const START: usize = 64;
 
 impl Gradient {
     pub fn new(settings: LimitSettings) -> Self {
