@@ -357,3 +357,56 @@ async fn every_level_and_option_writes_the_pinned_bytes(pool: PgPool) {
         assert_eq!(run(&pool, args, None).stdout, csv, "{case} to stdout");
     }
 }
+
+#[sqlx::test]
+async fn yesterday_to_today_is_the_day_before_today_in_the_zone(pool: PgPool) {
+    db_with_app(&pool).await;
+    sqlx::query(
+        "INSERT INTO sends (app_id, verification_id, sent_at, state)
+         SELECT 'app-test', 'rel-' || g, now() - g * interval '97 minutes', 'settled'
+         FROM generate_series(0, 60) AS g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO attempts (send_id, channel, position, status, amount, settle_pay, settle_currency)
+         SELECT id, 'sms', 1, 0, 0.035, 0.03283, 'USD' FROM sends",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let zone = chrono::FixedOffset::east_opt(8 * 3_600).unwrap();
+    let today = || chrono::Utc::now().with_timezone(&zone).date_naive();
+    let dir = tempfile::tempdir().unwrap();
+    // Again if the day turned while the test ran.
+    for _ in 0..3 {
+        let before = today();
+        let yesterday = before.pred_opt().unwrap();
+        let relative = [
+            "--from",
+            "yesterday",
+            "--to",
+            "today",
+            "--timezone",
+            "+08:00",
+        ];
+        let out = dir.path().join("costs-{from}.csv");
+        run(&pool, &relative, Some(&out));
+        let (from, to) = (yesterday.to_string(), before.to_string());
+        let dated = run(
+            &pool,
+            &["--from", &from, "--to", &to, "--timezone", "+08:00"],
+            None,
+        );
+        if today() != before {
+            continue;
+        }
+        let file = std::fs::read(dir.path().join(format!("costs-{from}.csv"))).unwrap();
+        assert_eq!(file, dated.stdout);
+        let rows = String::from_utf8(file).unwrap().lines().count() - 1;
+        assert!(rows > 0 && rows < 61, "{rows} rows: one day of the sends");
+        return;
+    }
+    panic!("the day never held still");
+}
