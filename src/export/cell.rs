@@ -36,6 +36,15 @@ pub(super) fn text_cell(raw: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Whether [`text_cell`] writes `raw` otherwise: a formula's start, or `""`.
+pub(super) fn text_is_rewritten(raw: &[u8]) -> bool {
+    match raw {
+        [b'"', b'"'] => true,
+        [b'"', first, ..] | [first, ..] => FORMULA_STARTS.contains(first),
+        [] => false,
+    }
+}
+
 /// A cell's text, its CSV quotes removed.
 pub(super) fn unquote(raw: &str) -> Cow<'_, str> {
     match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
@@ -125,6 +134,11 @@ mod tests {
             ("", ""),
         ] {
             assert_eq!(text(cell), out, "{cell:?}");
+            assert_eq!(
+                text_is_rewritten(cell.as_bytes()),
+                text(cell) != cell,
+                "{cell:?}"
+            );
         }
     }
 

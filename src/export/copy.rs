@@ -2,7 +2,7 @@
 //! the cells whose text the export writes otherwise ([`super::cell`]), rewritten in
 //! place; the totals are added up and the bytes hashed on the way.
 
-use super::cell::{text_cell, time_cell, unquote};
+use super::cell::{text_cell, text_is_rewritten, time_cell, unquote};
 use super::sql::{Cell, cells};
 use super::totals::{TotalColumns, Totals};
 use super::{ExportError, Level};
@@ -13,7 +13,7 @@ use std::io::Write;
 use std::ops::Range;
 
 /// Bytes gathered before they are hashed and written.
-const WRITE_SIZE: usize = 1 << 16;
+const WRITE_SIZE: usize = 1 << 18;
 
 /// Writes the header, then every row `COPY` streams, to `out`; answers the totals and
 /// the SHA-256 of what was written.
@@ -97,23 +97,31 @@ impl<W: Write> Rows<W> {
             &unquote(text(t.settle_currency)?),
             text(t.units)?,
         )?;
+        // The row's bytes as they are, but for the cells rewritten: the runs between
+        // those are copied whole, commas and the newline with them.
+        let mut copied = 0;
         for (i, (range, kind)) in self.fields.iter().zip(self.cells).enumerate() {
-            if i > 0 {
-                self.buffer.push(b',');
-            }
             let raw = &row[range.clone()];
-            match kind {
-                Cell::Plain => self.buffer.extend_from_slice(raw),
-                Cell::Text => text_cell(raw, &mut self.buffer),
-                Cell::Time => {
-                    time_cell(raw, &mut self.buffer).ok_or_else(|| ExportError::Value {
-                        column: self.columns[i],
-                        value: String::from_utf8_lossy(raw).into(),
-                    })?
-                }
+            let rewritten = match kind {
+                Cell::Plain => false,
+                Cell::Text => text_is_rewritten(raw),
+                Cell::Time => !raw.is_empty(),
+            };
+            if !rewritten {
+                continue;
+            }
+            self.buffer.extend_from_slice(&row[copied..range.start]);
+            copied = range.end;
+            if *kind == Cell::Text {
+                text_cell(raw, &mut self.buffer);
+            } else {
+                time_cell(raw, &mut self.buffer).ok_or_else(|| ExportError::Value {
+                    column: self.columns[i],
+                    value: String::from_utf8_lossy(raw).into(),
+                })?;
             }
         }
-        self.buffer.push(b'\n');
+        self.buffer.extend_from_slice(&row[copied..]);
         if self.buffer.len() >= WRITE_SIZE {
             self.flush()?;
         }
