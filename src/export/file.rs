@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 /// still being written.
 pub async fn write_file(db: &Db, query: &Query, path: &Path) -> Result<Manifest, ExportError> {
     let tmp = temp_beside(path).map_err(ExportError::Write)?;
-    let mut buffered = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file());
-    let (totals, sha256) = write_csv(db, query, &mut buffered).await?;
-    buffered.flush().map_err(ExportError::Write)?;
-    drop(buffered);
+    let mut syncing = Syncing {
+        file: tmp.as_file(),
+        unsynced: 0,
+    };
+    let (totals, sha256) = write_csv(db, query, &mut syncing).await?;
     tmp.as_file().sync_all().map_err(ExportError::Write)?;
     let manifest = Manifest {
         file: path
@@ -52,6 +53,32 @@ pub async fn write_file(db: &Db, query: &Query, path: &Path) -> Result<Manifest,
         return Err(ExportError::Write(e.error));
     }
     Ok(manifest)
+}
+
+/// Bytes written between two requests that the disk catch up.
+const SYNC_EVERY: usize = 32 << 20;
+
+/// The export's file, synced as it grows: the disk writes while the rows stream, and
+/// the `sync_all` before the rename finds little left to wait for.
+struct Syncing<'a> {
+    file: &'a std::fs::File,
+    unsynced: usize,
+}
+
+impl Write for Syncing<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n;
+        if self.unsynced >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// A new temporary file `.NAME.XXXXXX.tmp` beside `path`, locked, after removing the
