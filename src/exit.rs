@@ -4,6 +4,7 @@ use crate::config::ConfigError;
 use crate::db::DbError;
 use crate::export::ExportError;
 use crate::import::ImportError;
+use crate::pass::Ended;
 use crate::provider::Failure;
 
 /// Why the process ended.
@@ -66,6 +67,19 @@ impl Exit {
             }
         }
         Exit::Unexpected
+    }
+}
+
+/// The exit code for how a pass ended.
+impl From<Ended> for Exit {
+    fn from(ended: Ended) -> Self {
+        match ended {
+            Ended::Done | Ended::MaxRuntime => Exit::Done,
+            Ended::CredentialsRefused => Exit::Credentials,
+            Ended::Interrupted => Exit::Interrupted,
+            Ended::Failed => Exit::Database,
+            Ended::ProviderUnavailable => Exit::ProviderUnavailable,
+        }
     }
 }
 

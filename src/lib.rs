@@ -1,34 +1,25 @@
 //! otp-reconcile: a batch job that keeps a company's books with its OTP/SMS provider
 //! straight. See the README for what it does and how to run it.
 
-pub mod apps;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod conversions;
 pub mod db;
 pub mod decide;
 pub mod exit;
 pub mod export;
 pub mod import;
-pub mod lease;
-pub mod ledger;
 pub mod metrics;
 pub mod pass;
-pub mod passes;
 pub mod progress;
 pub mod provider;
 pub mod prune;
 pub mod rates;
 pub mod record;
 pub mod redact;
-pub mod revisions;
-pub mod sends;
 pub mod ser;
 pub mod shutdown;
-pub mod simulator;
 pub mod status;
-pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod zone;

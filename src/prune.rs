@@ -14,11 +14,13 @@
 //! Everything else older than DATE is kept, and the report says how much and why.
 //! Each batch is one statement (its own transaction) that locks its sends with
 //! `FOR UPDATE SKIP LOCKED`: rows a pass holds are skipped, never waited for.
+//!
+//! This module orchestrates (the batches, the totals, the report); each table's SQL is
+//! in its own module: [`sends::prune`], [`conversions`], [`rates`].
 
-use crate::db::Db;
+use crate::db::{Db, conversions, rates, sends};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 use std::time::Instant;
 
 /// What to prune.
@@ -78,41 +80,6 @@ pub struct Report {
     pub sends_per_sec: f64,
 }
 
-/// The sends that may go, older than $1 and from $2 on (the batch cursor), as a CTE
-/// body selecting id, app_id, verification_id, sent_at. `blocked` (windows not posted)
-/// and `waiting` (OTP conversions not posted back) are CTEs of the statement.
-macro_rules! removable_sends {
-    () => {
-        concat!(
-            "SELECT s.id, s.app_id, s.verification_id, s.sent_at FROM sends s
-             WHERE s.sent_at >= $2 AND s.sent_at < $1
-               AND s.state IN ('settled', 'expired', 'rejected') AND s.lease_token IS NULL
-               AND NOT EXISTS (SELECT 1 FROM blocked b
-                               WHERE b.app_id = s.app_id AND s.sent_at >= b.window_start
-                                 AND s.sent_at < b.window_end)
-               AND NOT EXISTS (SELECT 1 FROM waiting w
-                               WHERE w.app_id = s.app_id AND w.message_id = s.verification_id)"
-        )
-    };
-}
-
-/// The windows not posted yet, before $1: pending windows and marked hours. Both sets
-/// are small (what a pass has not done yet).
-macro_rules! blocked_and_waiting {
-    () => {
-        concat!(
-            "blocked AS MATERIALIZED (
-                 SELECT app_id, window_start, window_start + window_length AS window_end
-                 FROM conversion_rates WHERE state = 'pending' AND window_start < $1
-                 UNION ALL
-                 SELECT app_id, hour, hour + interval '1 hour' FROM rate_dirty WHERE hour < $1),
-             waiting AS MATERIALIZED (
-                 SELECT app_id, message_id FROM conversions
-                 WHERE state = 'pending' AND kind = 'otp')"
-        )
-    };
-}
-
 /// Runs the plan: batches of sends (with their children), then conversions, then rate
 /// windows; then counts what stayed. In a dry run, only counts.
 pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
@@ -125,18 +92,19 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
     } else {
         let mut cursor = earliest();
         loop {
-            let (batch, last) = remove_sends(db, plan, cursor).await?;
+            let (batch, last) =
+                sends::prune::remove_batch(db, plan.before, cursor, plan.batch).await?;
             if batch.sends == 0 {
                 break;
             }
             batches += 1;
-            add(&mut removed, &batch);
+            add(&mut removed, &removed_by(&batch));
             cursor = last.unwrap_or(cursor);
             tracing::debug!(sends = removed.sends, "pruning");
         }
         sends_secs = started.elapsed().as_secs_f64();
         loop {
-            let n = remove_conversions(db, plan).await?;
+            let n = conversions::remove_old(db, plan.before, plan.batch).await?;
             if n == 0 {
                 break;
             }
@@ -144,7 +112,7 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
             removed.conversions += n;
         }
         loop {
-            let n = remove_rates(db, plan).await?;
+            let n = rates::remove_old(db, plan.before, plan.batch).await?;
             if n == 0 {
                 break;
             }
@@ -183,226 +151,50 @@ fn add(total: &mut Removed, batch: &Removed) {
     total.conversion_rates += batch.conversion_rates;
 }
 
-fn count(row: &sqlx::postgres::PgRow, column: &str) -> Result<u64, sqlx::Error> {
-    let n: i64 = row.try_get(column)?;
-    Ok(u64::try_from(n).unwrap_or(0))
-}
-
-/// One batch: up to `plan.batch` removable sends from `cursor` on, in sent_at order,
-/// with their attempts, revisions, records and acknowledged OTP conversions: one
-/// statement, children first. Answers what went and the last sent_at removed.
-async fn remove_sends(
-    db: &Db,
-    plan: &Plan,
-    cursor: DateTime<Utc>,
-) -> Result<(Removed, Option<DateTime<Utc>>), sqlx::Error> {
-    db.counted(1);
-    let row = sqlx::query(concat!(
-        "WITH ",
-        blocked_and_waiting!(),
-        ",
-         batch AS MATERIALIZED (",
-        removable_sends!(),
-        "
-             ORDER BY s.sent_at
-             LIMIT $3
-             FOR UPDATE OF s SKIP LOCKED),
-         a AS (DELETE FROM attempts WHERE send_id IN (SELECT id FROM batch) RETURNING 1),
-         v AS (DELETE FROM record_revisions WHERE send_id IN (SELECT id FROM batch) RETURNING 1),
-         r AS (DELETE FROM records WHERE send_id IN (SELECT id FROM batch) RETURNING 1),
-         c AS (DELETE FROM conversions c USING batch b
-               WHERE c.kind = 'otp' AND c.app_id = b.app_id AND c.message_id = b.verification_id
-                 AND c.state IN ('sent', 'rejected')
-               RETURNING 1),
-         s AS (DELETE FROM sends WHERE id IN (SELECT id FROM batch) RETURNING sent_at)
-         SELECT (SELECT count(*) FROM s) AS sends, (SELECT max(sent_at) FROM s) AS last,
-                (SELECT count(*) FROM r) AS records, (SELECT count(*) FROM a) AS attempts,
-                (SELECT count(*) FROM v) AS revisions, (SELECT count(*) FROM c) AS conversions",
-    ))
-    .bind(plan.before)
-    .bind(cursor)
-    .bind(plan.batch)
-    .fetch_one(db.pool())
-    .await?;
-    Ok((
-        Removed {
-            sends: count(&row, "sends")?,
-            records: count(&row, "records")?,
-            attempts: count(&row, "attempts")?,
-            record_revisions: count(&row, "revisions")?,
-            conversions: count(&row, "conversions")?,
-            conversion_rates: 0,
-        },
-        row.try_get("last")?,
-    ))
-}
-
-/// The conversions that may go, older than $1: acknowledged or refused; an OTP one only
-/// once no send of its verification id is left.
-macro_rules! removable_conversions {
-    () => {
-        "SELECT c.id FROM conversions c
-         WHERE c.converted_at < $1 AND c.state IN ('sent', 'rejected') AND c.lease_token IS NULL
-           AND (c.kind = 'sms'
-                OR NOT EXISTS (SELECT 1 FROM sends s
-                               WHERE s.verification_id = c.message_id AND s.app_id = c.app_id))"
-    };
-}
-
-async fn remove_conversions(db: &Db, plan: &Plan) -> Result<u64, sqlx::Error> {
-    db.counted(1);
-    Ok(sqlx::query(concat!(
-        "DELETE FROM conversions WHERE id IN (",
-        removable_conversions!(),
-        " ORDER BY c.converted_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED)",
-    ))
-    .bind(plan.before)
-    .bind(plan.batch)
-    .execute(db.pool())
-    .await?
-    .rows_affected())
-}
-
-/// The rate windows that may go: ended by $1, posted or refused, not leased.
-macro_rules! removable_rates {
-    () => {
-        "SELECT app_id, mcc, window_start, window_length FROM conversion_rates
-         WHERE window_start < $1 AND window_start + window_length <= $1
-           AND state IN ('sent', 'rejected') AND lease_token IS NULL"
-    };
-}
-
-async fn remove_rates(db: &Db, plan: &Plan) -> Result<u64, sqlx::Error> {
-    db.counted(1);
-    Ok(sqlx::query(concat!(
-        "DELETE FROM conversion_rates WHERE (app_id, mcc, window_start, window_length) IN (",
-        removable_rates!(),
-        " ORDER BY window_start LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    ))
-    .bind(plan.before)
-    .bind(plan.batch)
-    .execute(db.pool())
-    .await?
-    .rows_affected())
+/// A batch of sends, as the totals count it.
+fn removed_by(batch: &sends::prune::Batch) -> Removed {
+    Removed {
+        sends: batch.sends,
+        records: batch.records,
+        attempts: batch.attempts,
+        record_revisions: batch.record_revisions,
+        conversions: batch.conversions,
+        conversion_rates: 0,
+    }
 }
 
 /// For `--dry-run`: what would go, per table (the same conditions as the batches).
 async fn would_remove(db: &Db, plan: &Plan) -> Result<Removed, sqlx::Error> {
-    db.counted(3);
-    let row = sqlx::query(concat!(
-        "WITH ",
-        blocked_and_waiting!(),
-        ",
-         batch AS MATERIALIZED (",
-        removable_sends!(),
-        ")
-         SELECT (SELECT count(*) FROM batch) AS sends,
-                (SELECT count(*) FROM records WHERE send_id IN (SELECT id FROM batch)) AS records,
-                (SELECT count(*) FROM attempts WHERE send_id IN (SELECT id FROM batch)) AS attempts,
-                (SELECT count(*) FROM record_revisions WHERE send_id IN (SELECT id FROM batch)) AS revisions,
-                (SELECT count(*) FROM conversions c JOIN batch b
-                        ON c.kind = 'otp' AND c.app_id = b.app_id AND c.message_id = b.verification_id
-                 WHERE c.state IN ('sent', 'rejected')) AS conversions",
-    ))
-    .bind(plan.before)
-    .bind(earliest())
-    .fetch_one(db.pool())
-    .await?;
+    let batch = sends::prune::count_removable(db, plan.before, earliest()).await?;
     // Conversions without a send that goes or stays: those whose send is gone already.
-    let orphans: i64 = sqlx::query_scalar(concat!(
-        "SELECT count(*) FROM (",
-        removable_conversions!(),
-        ") AS x"
-    ))
-    .bind(plan.before)
-    .fetch_one(db.pool())
-    .await?;
-    let rates: i64 = sqlx::query_scalar(concat!(
-        "SELECT count(*) FROM (",
-        removable_rates!(),
-        ") AS x"
-    ))
-    .bind(plan.before)
-    .fetch_one(db.pool())
-    .await?;
+    let orphans = conversions::count_removable(db, plan.before).await?;
+    let rates = rates::count_removable(db, plan.before).await?;
     Ok(Removed {
-        sends: count(&row, "sends")?,
-        records: count(&row, "records")?,
-        attempts: count(&row, "attempts")?,
-        record_revisions: count(&row, "revisions")?,
-        conversions: count(&row, "conversions")? + u64::try_from(orphans).unwrap_or(0),
+        conversions: batch.conversions + u64::try_from(orphans).unwrap_or(0),
         conversion_rates: u64::try_from(rates).unwrap_or(0),
+        ..removed_by(&batch)
     })
 }
 
 /// What is older than `before` and stays (in a dry run: stays besides what would go),
 /// by reason, first reason first.
 async fn kept(db: &Db, plan: &Plan) -> Result<Kept, sqlx::Error> {
-    db.counted(3);
-    // After a prune, few sends older than `before` are left; in a dry run, this reads
-    // the range (as the dry run's count does).
-    let sends = sqlx::query(concat!(
-        "WITH ",
-        blocked_and_waiting!(),
-        ",
-         old AS (
-             SELECT CASE
-                 WHEN s.state IN ('pending', 'recheck') THEN 'not_final'
-                 WHEN s.lease_token IS NOT NULL THEN 'leased'
-                 WHEN EXISTS (SELECT 1 FROM blocked b
-                              WHERE b.app_id = s.app_id AND s.sent_at >= b.window_start
-                                AND s.sent_at < b.window_end) THEN 'window'
-                 WHEN EXISTS (SELECT 1 FROM waiting w
-                              WHERE w.app_id = s.app_id AND w.message_id = s.verification_id)
-                      THEN 'conversion'
-                 ELSE 'busy' END AS reason
-             FROM sends s WHERE s.sent_at < $1)
-         SELECT count(*) FILTER (WHERE reason = 'not_final') AS not_final,
-                count(*) FILTER (WHERE reason = 'leased') AS leased,
-                count(*) FILTER (WHERE reason = 'window') AS window_not_posted,
-                count(*) FILTER (WHERE reason = 'conversion') AS conversion,
-                count(*) FILTER (WHERE reason = 'busy') AS busy
-         FROM old",
-    ))
-    .bind(plan.before)
-    .fetch_one(db.pool())
-    .await?;
-    let conversions = sqlx::query(
-        "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
-                count(*) FILTER (WHERE state = 'pending' AND in_doubt) AS in_doubt,
-                count(*) FILTER (WHERE state IN ('sent', 'rejected') AND kind = 'otp'
-                                   AND EXISTS (SELECT 1 FROM sends s
-                                               WHERE s.verification_id = c.message_id
-                                                 AND s.app_id = c.app_id)) AS send_kept
-         FROM conversions c WHERE converted_at < $1",
-    )
-    .bind(plan.before)
-    .fetch_one(db.pool())
-    .await?;
-    let rates: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM conversion_rates
-         WHERE window_start < $1 AND window_start + window_length <= $1
-           AND (state = 'pending' OR lease_token IS NOT NULL)",
-    )
-    .bind(plan.before)
-    .fetch_one(db.pool())
-    .await?;
-    let get = |row: &sqlx::postgres::PgRow, c: &str| row.try_get::<i64, _>(c);
-    let busy = get(&sends, "busy")?;
-    let conversions_send_kept = get(&conversions, "send_kept")?;
+    let sends = sends::prune::kept_old(db, plan.before).await?;
+    let conversions = conversions::kept_old(db, plan.before).await?;
+    let rates = rates::kept_old(db, plan.before).await?;
     Ok(Kept {
-        sends_not_final: get(&sends, "not_final")?,
-        sends_leased: get(&sends, "leased")?,
-        sends_window_not_posted: get(&sends, "window_not_posted")?,
-        sends_conversion_pending: get(&sends, "conversion")?,
+        sends_not_final: sends.not_final,
+        sends_leased: sends.leased,
+        sends_window_not_posted: sends.window_not_posted,
+        sends_conversion_pending: sends.conversion_pending,
         // In a dry run, what would go is not kept.
-        sends_busy: if plan.dry_run { 0 } else { busy },
-        conversions_pending: get(&conversions, "pending")?,
-        conversions_in_doubt: get(&conversions, "in_doubt")?,
+        sends_busy: if plan.dry_run { 0 } else { sends.busy },
+        conversions_pending: conversions.pending,
+        conversions_in_doubt: conversions.in_doubt,
         conversions_send_kept: if plan.dry_run {
             0
         } else {
-            conversions_send_kept
+            conversions.send_kept
         },
         conversion_rates_not_posted: rates,
     })

@@ -7,29 +7,17 @@
 //! (settled, expired, rejected: the history itself) are not counted: their totals are
 //! PostgreSQL's planner estimate (table size times the state's share in the statistics
 //! of the last ANALYZE), labelled as such.
+//!
+//! Each table answers its own counts ([`sends`], [`conversions`], [`rates`],
+//! [`passes`]); this module assembles and renders them.
 
-use crate::db::Db;
-use crate::passes::{self, PassRow};
+use crate::db::passes::{self, PassRow};
+use crate::db::{Db, conversions, rates, sends};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 use std::fmt::Write;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Depth {
-    pub state: String,
-    pub app_id: String,
-    pub sends: i64,
-    /// Of those, due now.
-    pub due: i64,
-}
-
-/// Sends in a final state, estimated (never counted: that would read the history).
-#[derive(Debug, Clone, Serialize)]
-pub struct Estimate {
-    pub state: String,
-    pub sends_estimate: i64,
-}
+pub use crate::db::sends::{Depth, Estimate};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -57,107 +45,27 @@ pub struct Status {
     pub last_passes: Vec<PassRow>,
 }
 
+/// Asks each table for its counts (see the table modules for the SQL).
 pub async fn read(db: &Db, now: DateTime<Utc>, passes: i64) -> Result<Status, sqlx::Error> {
-    db.counted(6);
-    let sends = sqlx::query(
-        "SELECT state, app_id, count(*) AS sends, count(*) FILTER (WHERE next_check_at <= $1) AS due
-         FROM sends WHERE state IN ('pending', 'recheck')
-         GROUP BY state, app_id ORDER BY state, app_id",
-    )
-    .bind(now)
-    .fetch_all(db.pool())
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(Depth {
-            state: r.try_get("state")?,
-            app_id: r.try_get("app_id")?,
-            sends: r.try_get("sends")?,
-            due: r.try_get("due")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    // The planner's estimate: rows (scaled to the table's current size, as the planner
-    // does) times each final state's share among the most common values.
-    let final_sends_estimate = sqlx::query(
-        "SELECT v.state,
-                round(v.freq * CASE WHEN c.relpages > 0
-                                    THEN c.reltuples / c.relpages
-                                         * (pg_relation_size(c.oid) / current_setting('block_size')::int)
-                                    ELSE greatest(c.reltuples, 0) END)::bigint AS sends_estimate
-         FROM pg_class c
-         JOIN pg_stats st ON st.schemaname = current_schema() AND st.tablename = 'sends'
-                         AND st.attname = 'state'
-         CROSS JOIN LATERAL unnest(st.most_common_vals::text::text[], st.most_common_freqs)
-              AS v(state, freq)
-         WHERE c.oid = 'sends'::regclass AND v.state IN ('settled', 'expired', 'rejected')
-         ORDER BY v.state",
-    )
-    .fetch_all(db.pool())
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(Estimate {
-            state: r.try_get("state")?,
-            sends_estimate: r.try_get("sends_estimate")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let estimated_as_of: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT greatest(last_analyze, last_autoanalyze) FROM pg_stat_user_tables
-         WHERE relid = 'sends'::regclass",
-    )
-    .fetch_optional(db.pool())
-    .await?
-    .flatten();
-    let leases = sqlx::query(concat!(
-        "WITH live AS (SELECT owner FROM passes WHERE outcome = 'running' AND ",
-        passes::heartbeat_fresh!(), ")
-         SELECT min(next_check_at) FILTER (WHERE state IN ('pending', 'recheck')
-                                                  AND next_check_at <= $1
-                                                  AND (lease_token IS NULL OR lease_expires_at <= $1))
-                    AS oldest_due,
-                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at <= $1) AS expired,
-                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at > $1
-                                   AND EXISTS (SELECT 1 FROM live WHERE live.owner = lease_owner)) AS leased,
-                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at > $1
-                                   AND NOT EXISTS (SELECT 1 FROM live WHERE live.owner = lease_owner))
-                    AS abandoned_leases
-         FROM sends
-         WHERE (state IN ('pending', 'recheck') AND next_check_at <= $1) OR lease_token IS NOT NULL",
-    ))
-    .bind(now)
-    .fetch_one(db.pool())
-    .await?;
-    let conversions = sqlx::query(
-        "SELECT (SELECT count(*) FROM conversions WHERE state = 'pending') AS pending,
-                (SELECT count(*) FROM conversions WHERE state = 'pending' AND in_doubt) AS in_doubt,
-                (SELECT count(*) FROM conversions WHERE state = 'rejected') AS rejected",
-    )
-    .fetch_one(db.pool())
-    .await?;
-    let rates = sqlx::query(
-        "SELECT (SELECT count(*) FROM conversion_rates WHERE state = 'pending') AS pending,
-                (SELECT count(*) FROM conversion_rates
-                 WHERE state = 'sent'
-                   AND (converted, sent) IS DISTINCT FROM (posted_converted, posted_sent)) AS changed",
-    )
-    .fetch_one(db.pool())
-    .await?;
+    let depth = sends::depth(db, now).await?;
+    let (final_sends_estimate, estimated_as_of) = sends::final_estimate(db).await?;
+    let leases = sends::leases(db, now).await?;
+    let conversions = conversions::pending(db).await?;
+    let rates = rates::pending(db).await?;
     Ok(Status {
         at: now,
-        sends,
+        sends: depth,
         final_sends_estimate,
         estimated_as_of,
-        oldest_due: leases.try_get("oldest_due")?,
-        expired_leases: leases.try_get("expired")?,
-        leased: leases.try_get("leased")?,
-        abandoned_leases: leases.try_get("abandoned_leases")?,
-        conversions_pending: conversions.try_get("pending")?,
-        conversions_in_doubt: conversions.try_get("in_doubt")?,
-        conversions_rejected: conversions.try_get("rejected")?,
-        rates_pending: rates.try_get("pending")?,
-        rates_changed_after_post: rates.try_get("changed")?,
+        oldest_due: leases.oldest_due,
+        expired_leases: leases.expired,
+        leased: leases.leased,
+        abandoned_leases: leases.abandoned,
+        conversions_pending: conversions.pending,
+        conversions_in_doubt: conversions.in_doubt,
+        conversions_rejected: conversions.rejected,
+        rates_pending: rates.pending,
+        rates_changed_after_post: rates.changed_after_post,
         last_passes: passes::recent(db, passes).await?,
     })
 }

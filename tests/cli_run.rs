@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Faults, SimConfig, SimHandle, Simulator,
 };
 use sqlx::PgPool;
@@ -272,15 +272,15 @@ async fn dry_run_calls_nothing_and_writes_nothing(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(40, "dry")).await;
     let conversions: Vec<_> = (0..5)
-        .map(|i| otp_reconcile::conversions::NewConversion {
-            kind: otp_reconcile::conversions::Kind::Otp,
+        .map(|i| otp_reconcile::db::conversions::NewConversion {
+            kind: otp_reconcile::db::conversions::Kind::Otp,
             app_id: APP.into(),
             message_id: format!("dry-v{i}"),
             number: None,
             converted_at: chrono::Utc::now(),
         })
         .collect();
-    otp_reconcile::conversions::insert(&db, &conversions)
+    otp_reconcile::db::conversions::insert(&db, &conversions)
         .await
         .unwrap();
     let sim = simulator(0).await;

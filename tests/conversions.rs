@@ -6,13 +6,13 @@ mod common;
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use common::*;
-use otp_reconcile::apps;
-use otp_reconcile::conversions::{self, Kind, NewConversion};
 use otp_reconcile::db::Db;
+use otp_reconcile::db::apps;
+use otp_reconcile::db::conversions::{self, Kind, NewConversion};
+use otp_reconcile::db::sends::NewSend;
 use otp_reconcile::pass::{Ended, PassSettings};
 use otp_reconcile::rates::{Rules, Window};
-use otp_reconcile::sends::NewSend;
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, FaultRates, Faults, RecordConfig, SimConfig, SimHandle,
     Simulator,
 };
@@ -20,7 +20,6 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The simulator; only ids with the `missing-` prefix are unknown to it.
@@ -341,11 +340,7 @@ async fn postbacks_abandoned_when_the_grace_runs_out_are_released_in_doubt(pool:
         let interrupt = interrupt.clone();
         let sim = &sim;
         async move {
-            let started = std::time::Instant::now();
-            while sim.stats().total_requests < 10 {
-                assert!(started.elapsed() < Duration::from_secs(120), "no postback");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            until_requests(sim, 10).await;
             interrupt.cancel();
         }
     };
@@ -403,22 +398,8 @@ async fn a_backlog_of_sends_does_not_starve_the_postbacks(pool: PgPool) {
     // The pass's clock is moved past the records' share of --max-runtime (70%, not the
     // postbacks' 90%) once the simulator has answered 100 record fetches: at 50 ms each,
     // four at a time, the backlog of 3,000 is far from done, however fast the machine.
-    let clock = Arc::new(otp_reconcile::clock::AdjustableClock::default());
-    let deps = otp_reconcile::pass::Deps {
-        db: &db,
-        client: &client,
-        clock: clock.clone(),
-        interrupt: tokio_util::sync::CancellationToken::new(),
-        progress: otp_reconcile::progress::Progress::hidden(),
-    };
-    let driver = async {
-        while sim.stats().total_requests < 100 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        clock.advance(Duration::from_secs(45));
-    };
-    let (summary, ()) = tokio::join!(otp_reconcile::pass::run(deps, &settings), driver);
-    let summary = summary.unwrap();
+    let summary =
+        run_pass_jumping_clock(&db, &client, &settings, &sim, 100, Duration::from_secs(45)).await;
     assert_eq!(summary.ended, Ended::MaxRuntime);
     assert!(summary.checked < 3_000, "{}", summary.checked);
     assert_eq!(summary.conversions.sent, 20, "{:?}", summary.conversions);

@@ -1,7 +1,7 @@
 //! `otp-reconcile fetch` on answers it cannot read: the binary against the simulator's
 //! faults, on loopback.
 
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Fault, SimConfig, SimHandle, Simulator,
 };
 use std::process::{Command, Output, Stdio};

@@ -7,14 +7,15 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
-use otp_reconcile::apps;
-use otp_reconcile::conversions::{self, Kind, NewConversion};
 use otp_reconcile::db::Db;
+use otp_reconcile::db::apps;
+use otp_reconcile::db::conversions::{self, Kind, NewConversion};
+use otp_reconcile::db::rates;
+use otp_reconcile::db::sends::NewSend;
 use otp_reconcile::pass::{Ended, PassSettings};
 use otp_reconcile::prune::{self, Plan};
-use otp_reconcile::rates::{self, Rules, Window};
-use otp_reconcile::sends::NewSend;
-use otp_reconcile::simulator::{
+use otp_reconcile::rates::{Rules, Window};
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, FaultRates, Faults, Lookup, RecordConfig, SimConfig, SimHandle,
     Simulator,
 };
@@ -162,7 +163,7 @@ async fn check_history(pool: &PgPool, db: &Db, case: usize, window: Window, step
                         }
                     })
                     .collect();
-                otp_reconcile::sends::insert(db, &rows).await.unwrap();
+                otp_reconcile::db::sends::insert(db, &rows).await.unwrap();
                 ids = sqlx::query_scalar("SELECT id FROM sends ORDER BY id")
                     .fetch_all(pool)
                     .await

@@ -8,12 +8,12 @@ mod common;
 
 use chrono::Utc;
 use common::*;
-use otp_reconcile::apps;
-use otp_reconcile::conversions::{self, Kind, NewConversion};
+use otp_reconcile::db::apps;
+use otp_reconcile::db::conversions::{self, Kind, NewConversion};
+use otp_reconcile::db::sends::NewSend;
 use otp_reconcile::pass::{Ended, PassSettings};
 use otp_reconcile::rates::{Rules, Window};
-use otp_reconcile::sends::NewSend;
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Fault, FaultRates, Faults, RecordConfig, SimConfig, SimHandle,
     Simulator,
 };
@@ -414,15 +414,6 @@ async fn too_short_leases_are_refused_with_exit_2(pool: PgPool) {
     cmd.args(["run", "--lease", "3s", "--request-timeout", "1s"]);
     let out = run_bin(cmd).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-}
-
-/// Waits until the simulator has answered at least `n` requests.
-async fn until_requests(sim: &SimHandle, n: u64) {
-    let started = Instant::now();
-    while sim.stats().total_requests < n {
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Issue 9.6: the database lost mid-pass (its connections terminated while it waits on

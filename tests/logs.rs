@@ -45,7 +45,7 @@ async fn slow_statement_logs(pool: &PgPool, json: bool) -> String {
     let subscriber = otp_reconcile::telemetry::subscriber(json, Some("info"), captured.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
     let db = db::connect(&db_url(pool), 1).await.unwrap();
-    otp_reconcile::apps::add(&db, "app-logs", None)
+    otp_reconcile::db::apps::add(&db, "app-logs", None)
         .await
         .unwrap();
     let slow = db::SLOW_STATEMENT.as_secs_f64() + 0.2;

@@ -50,6 +50,14 @@ const PINNED: &[(i64, &str)] = &[
         20261127000030,
         "a546c073814658df3180f3009c89a2e8a112c16ba062f49e1dcae91468607edef4f4ce39150239607dcd787b2c5cdb55",
     ),
+    (
+        20261128000040,
+        "dd5a057d8a0a3a61fb3c9df27a758f8a4ce25a7fbcb68124c74622321c5fd4f839fac4d887b2ffc43f1b80af8ad4f7eb",
+    ),
+    (
+        20261128000041,
+        "c55ccbdaf57630c873739af05b4d732a433532f33d8e890fcd88d6a7011d6c2ea21de5e76ce31f1afc28e50cc92a0607",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).

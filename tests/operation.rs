@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use otp_reconcile::pass::{self, Deps, Ended};
 use otp_reconcile::progress::Progress;
-use otp_reconcile::simulator::{Fault, Faults, RecordConfig, SimConfig, SimHandle, Simulator};
+use otp_reconcile_simulator::{Fault, Faults, RecordConfig, SimConfig, SimHandle, Simulator};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::process::{Child, Command, Stdio};
@@ -86,11 +86,7 @@ async fn sigterm_exits_130_within_the_grace_releasing_every_lease_and_the_next_p
         .spawn()
         .unwrap();
     // Let it work a little, with requests in flight.
-    let started = Instant::now();
-    while sim.stats().total_requests < 100 {
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_requests(&sim, 100).await;
     sigterm(&child);
     let signalled = Instant::now();
     let out = wait(child).await;
@@ -153,11 +149,7 @@ async fn in_flight_requests_are_abandoned_when_the_grace_runs_out(pool: PgPool) 
         let interrupt = interrupt.clone();
         let sim = &sim;
         async move {
-            let started = Instant::now();
-            while sim.stats().total_requests < 8 {
-                assert!(started.elapsed() < Duration::from_secs(120), "no request");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            until_requests(sim, 8).await;
             interrupt.cancel();
         }
     };

@@ -7,12 +7,12 @@ use common::*;
 use otp_reconcile::clock::{self, SkewedClock};
 use otp_reconcile::config::ProviderSettings;
 use otp_reconcile::db::Db;
+use otp_reconcile::db::records;
+use otp_reconcile::db::sends::{self, Completion, SendState};
 use otp_reconcile::pass::Ended;
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Fetched;
-use otp_reconcile::sends::{self, Completion, SendState};
-use otp_reconcile::simulator::{Fault, FaultRates, Faults, RecordConfig, SimConfig, Simulator};
-use otp_reconcile::store;
+use otp_reconcile_simulator::{Fault, FaultRates, Faults, RecordConfig, SimConfig, Simulator};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ fn latency(ms: u64) -> Faults {
     }
 }
 
-async fn simulator(records: RecordConfig, faults: Faults) -> otp_reconcile::simulator::SimHandle {
+async fn simulator(records: RecordConfig, faults: Faults) -> otp_reconcile_simulator::SimHandle {
     let mut config = SimConfig::new(11);
     config.records = records;
     config.faults = faults;
@@ -368,8 +368,18 @@ async fn max_runtime_releases_what_has_not_started(pool: PgPool) {
     let client = client(&sim, Duration::from_secs(2));
     let mut settings = quick_settings(4);
     settings.batch_size = 50;
-    settings.max_runtime = Some(Duration::from_millis(600));
-    let summary = run_pass(&db, &client, &settings).await;
+    // The deadline is reached on the pass's clock once 20 records have been served:
+    // at 100 ms each, four at a time, most of the 1,000 have not started.
+    settings.max_runtime = Some(Duration::from_secs(3_600));
+    let summary = run_pass_jumping_clock(
+        &db,
+        &client,
+        &settings,
+        &sim,
+        20,
+        Duration::from_secs(3_600),
+    )
+    .await;
     assert_eq!(summary.ended, Ended::MaxRuntime);
     assert!(
         summary.checked > 0 && summary.checked < 1_000,
@@ -395,7 +405,7 @@ async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(10, "lease")).await;
     let now = chrono::Utc::now();
-    let all = otp_reconcile::lease::Scope::default();
+    let all = otp_reconcile::db::lease::Scope::default();
     let first = sends::claim(
         &db,
         now,
@@ -466,7 +476,7 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
         .iter()
         .map(|id| {
             let data = sim
-                .final_record(otp_reconcile::simulator::Lookup::VerificationId(id))
+                .final_record(otp_reconcile_simulator::Lookup::VerificationId(id))
                 .data;
             Fetched::from_data(data).unwrap()
         })
@@ -474,16 +484,16 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
     let batch: Vec<(i64, &Fetched)> = ids.iter().copied().zip(fetched.iter()).collect();
     let now = chrono::Utc::now();
     let mut tx = pool.begin().await.unwrap();
-    let first = store::store(&mut tx, now, &batch, &ids).await.unwrap();
+    let first = records::store(&mut tx, now, &batch, &ids).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(first.records, 3);
     assert!(first.attempts >= 3);
     let mut tx = pool.begin().await.unwrap();
-    let again = store::store(&mut tx, now, &batch, &ids).await.unwrap();
+    let again = records::store(&mut tx, now, &batch, &ids).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         again,
-        store::Stored::default(),
+        records::Stored::default(),
         "nothing written the second time"
     );
 
@@ -495,7 +505,7 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
     shorter.record.sna.clear();
     shorter.raw = shorter.raw.replacen('{', "{\"changed\":true,", 1);
     let mut tx = pool.begin().await.unwrap();
-    let changed = store::store(&mut tx, now, &[(ids[0], &shorter)], &ids)
+    let changed = records::store(&mut tx, now, &[(ids[0], &shorter)], &ids)
         .await
         .unwrap();
     tx.commit().await.unwrap();

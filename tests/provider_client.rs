@@ -8,7 +8,7 @@ use otp_reconcile::provider::{
     BackfillRate, Failure, FatalCause, Gate, OtpPostback, ProviderClient, RetryPolicy, SmsPostback,
     Transient, sign,
 };
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Fault, Faults, Lookup, SimConfig, SimHandle, Simulator,
 };
 use secrecy::SecretString;
@@ -467,11 +467,12 @@ async fn latency_is_added_to_every_answer() {
         .record_by_verification_id("slow")
         .await
         .unwrap();
+    // Seen from outside, the answer cannot come sooner than the latency; how much later
+    // it comes depends on the machine, so the drawn latency's upper end (base plus
+    // jitter) is checked by the simulator's own unit test, not by a wall-clock race.
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(150) && took < Duration::from_millis(700),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+    assert_eq!(sim.stats().total_requests, 1);
 }
 
 #[tokio::test]

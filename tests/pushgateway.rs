@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use otp_reconcile::metrics::{JOB, METRICS};
-use otp_reconcile::simulator::{Faults, RecordConfig, SimConfig, SimHandle, Simulator};
+use otp_reconcile_simulator::{Faults, RecordConfig, SimConfig, SimHandle, Simulator};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};

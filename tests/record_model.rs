@@ -1,8 +1,10 @@
 //! The record model against the provider's own samples (verbatim) and one fixture per
-//! quirk in NOTES.md, read through the same path the client uses.
+//! quirk in NOTES.md, read through the same path the client uses; and every record the
+//! simulator (an implementation of its own) generates.
 
 use otp_reconcile::provider::{Failure, read_record_answer};
-use otp_reconcile::record::{Fetched, Matched};
+use otp_reconcile::record::{Fetched, Matched, Record};
+use otp_reconcile_simulator::{Lookup, RecordConfig};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -252,4 +254,36 @@ fn unreadable_fields_are_named() {
     }
     assert!(unreadable("quirks/bad-money-exponent.json").contains("\"1e5\""));
     assert!(unreadable("quirks/time-without-offset.json").contains("without a UTC offset"));
+}
+
+/// The simulator writes its records in its own code: the model reads every shape it
+/// generates, still sending exactly while the simulator says so.
+#[test]
+fn every_record_the_simulator_generates_parses() {
+    let cfg = RecordConfig {
+        sending_share: 0.3,
+        ..RecordConfig::default()
+    };
+    for i in 0..2_000 {
+        let id = format!("v{i}");
+        for lookup in [
+            Lookup::VerificationId(&id),
+            Lookup::OrderId {
+                app_id: "app1",
+                order_id: &id,
+            },
+        ] {
+            for answered in [0, 1] {
+                let served = cfg.serve(3, lookup, answered);
+                let record = Record::from_data(&served.data)
+                    .unwrap_or_else(|e| panic!("{id}: {e}\n{}", served.data));
+                assert_eq!(
+                    record.still_sending(),
+                    !served.final_answer,
+                    "{}",
+                    served.data
+                );
+            }
+        }
+    }
 }

@@ -6,13 +6,13 @@ mod common;
 use chrono::{DateTime, Duration as Delta, Utc};
 use common::*;
 use otp_reconcile::db::Db;
+use otp_reconcile::db::sends::{self, NewSend, Range};
 use otp_reconcile::export::{self, Level, Query};
 use otp_reconcile::pass::{self, Deps, PassSettings};
 use otp_reconcile::progress::Progress;
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Record;
-use otp_reconcile::sends::{self, NewSend, Range};
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     CostChange, DEMO_API_KEY, DEMO_API_SECRET, Fault, RecordConfig, SimConfig, SimHandle, Simulator,
 };
 use rust_decimal::Decimal;
@@ -430,7 +430,7 @@ async fn replay(
     db: &Db,
     client: &ProviderClient,
     range: &Range,
-) -> (pass::Summary, otp_reconcile::revisions::Report) {
+) -> (pass::Summary, otp_reconcile::db::revisions::Report) {
     let deps = Deps {
         db,
         client,
@@ -603,7 +603,7 @@ async fn status_shows_depth_leases_conversions_and_passes(pool: PgPool) {
     let (db, sim) = dataset(&pool, 100, end).await;
     insert_sends(&db, &new_sends(7, "waiting")).await;
     // A pass that died holding five sends: its lease has run out.
-    let all = otp_reconcile::lease::Scope::default();
+    let all = otp_reconcile::db::lease::Scope::default();
     let dead = sends::claim(
         &db,
         Utc::now(),

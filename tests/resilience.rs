@@ -8,12 +8,12 @@ mod common;
 use chrono::{Duration as Delta, Utc};
 use common::*;
 use otp_reconcile::db::Db;
+use otp_reconcile::db::revisions::Report;
+use otp_reconcile::db::sends::Range;
 use otp_reconcile::pass::{self, Deps, Ended, PassSettings, Summary};
 use otp_reconcile::progress::Progress;
 use otp_reconcile::provider::{Failure, ProviderClient, RetryPolicy};
-use otp_reconcile::revisions::Report;
-use otp_reconcile::sends::Range;
-use otp_reconcile::simulator::{
+use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Fault, FaultRates, Faults, RecordConfig, SimConfig, SimHandle,
     Simulator,
 };
@@ -343,7 +343,7 @@ async fn settled_dataset(pool: &PgPool, n: usize) -> (Db, SimHandle, Range) {
     let sent_at = Utc::now() - Delta::hours(2);
     let sends: Vec<_> = new_sends(n, "rp")
         .into_iter()
-        .map(|s| otp_reconcile::sends::NewSend { sent_at, ..s })
+        .map(|s| otp_reconcile::db::sends::NewSend { sent_at, ..s })
         .collect();
     insert_sends(&db, &sends).await;
     let sim = simulator(Faults::default()).await;

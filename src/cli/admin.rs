@@ -1,8 +1,8 @@
 //! `otp-reconcile migrate` and `otp-reconcile app`: the schema and the apps table.
 
-use super::DbArgs;
-use crate::apps;
 use crate::config::ConfigError;
+use crate::config::DbArgs;
+use crate::db::apps;
 use crate::db::{self, DbError};
 use crate::exit::Exit;
 use clap::{Args, Subcommand};

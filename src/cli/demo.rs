@@ -3,18 +3,18 @@
 //! generated sends through the CSV importer, runs a pass with a progress bar, and says
 //! where to look next.
 
-use super::run::{PassArgs, exit_for, pass_with_progress};
-use crate::apps;
 use crate::clock;
-use crate::config::ProviderSettings;
+use crate::config::{PassArgs, ProviderSettings};
+use crate::db::apps;
 use crate::db::{self, DbError};
 use crate::exit::Exit;
 use crate::import;
+use crate::pass::job;
 use crate::provider::ProviderClient;
-use crate::simulator::{DEMO_API_KEY, DEMO_API_SECRET, SimConfig, Simulator};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
+use otp_reconcile_simulator::{DEMO_API_KEY, DEMO_API_SECRET, SimConfig, Simulator};
 use secrecy::SecretString;
 use std::fmt::Write;
 
@@ -87,7 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         false,
     )?;
     let client = ProviderClient::new(&provider, clock::system())?;
-    let summary = pass_with_progress(&db, &client, &settings).await?;
+    let summary = job::pass(&db, &client, &settings).await?;
     eprintln!("{}", summary.render());
     let stats = sim.stats();
     eprintln!(
@@ -106,7 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
          DATABASE_URL={url} otp-reconcile run --dry-run   # what is due now (the sends still sending come due in 2 minutes)",
         url = args.database_url
     );
-    Ok(exit_for(&summary))
+    Ok(summary.ended.into())
 }
 
 fn csv_input(text: String) -> Box<dyn std::io::Read + Send> {

@@ -2,8 +2,8 @@
 //! call and wants to see what the job sees. An answer that cannot be read is printed as
 //! received (control characters escaped) with the reason, and the exit is non-zero.
 
-use super::ProviderArgs;
 use crate::clock;
+use crate::config::ProviderArgs;
 use crate::exit::Exit;
 use crate::provider::{Gate, ProviderClient, RawAnswer, RetryPolicy};
 use clap::Args;

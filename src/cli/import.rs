@@ -1,7 +1,7 @@
 //! `otp-reconcile import sends FILE`.
 
-use super::DbArgs;
 use crate::config::ConfigError;
+use crate::config::DbArgs;
 use crate::exit::Exit;
 use crate::import::{self, ImportReport};
 use clap::{Args, Subcommand};

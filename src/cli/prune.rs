@@ -1,7 +1,7 @@
 //! `otp-reconcile prune`: retention (see [`crate::prune`]).
 
-use super::DbArgs;
 use crate::config::ConfigError;
+use crate::config::DbArgs;
 use crate::db::DbError;
 use crate::exit::Exit;
 use crate::export;

@@ -2,12 +2,12 @@
 
 use crate::config;
 use crate::exit::Exit;
-use crate::simulator::{
+use anyhow::Context;
+use clap::Args;
+use otp_reconcile_simulator::{
     CostChange, DEMO_API_KEY, DEMO_API_SECRET, FaultRates, Faults, RecordConfig, SimConfig,
     Simulator, parse_script,
 };
-use anyhow::Context;
-use clap::Args;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,7 +104,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0.02)]
     pub not_found_share: f64,
     /// Ids with this prefix answer matched 3.
-    #[arg(long, default_value = crate::simulator::NOT_FOUND_PREFIX)]
+    #[arg(long, default_value = otp_reconcile_simulator::NOT_FOUND_PREFIX)]
     pub not_found_prefix: String,
     /// Share of ids still sending when first fetched.
     #[arg(long, default_value_t = 0.10)]

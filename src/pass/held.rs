@@ -7,7 +7,9 @@
 //! database sets the expiry from its `now()`, which is later, so the lease is at least
 //! as long as this side believes.
 
-use crate::lease::{self, Leased, Table};
+use crate::db::lease::{self, Leased, Table};
+use crate::db::passes;
+use crate::db::{Db, DbError};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -132,13 +134,67 @@ impl Held<'_> {
     }
 }
 
+/// What a pass holds, per leased table.
+#[derive(Debug)]
+pub struct PassHoldings {
+    pub sends: Holdings,
+    pub conversions: Holdings,
+    pub rates: Holdings,
+}
+
+impl Default for PassHoldings {
+    fn default() -> Self {
+        Self {
+            sends: Holdings::new(&crate::db::sends::DUE),
+            conversions: Holdings::new(&crate::db::conversions::DUE),
+            rates: Holdings::new(&crate::db::rates::DUE),
+        }
+    }
+}
+
+impl PassHoldings {
+    /// Renews the leases of everything the pass holds (one statement per table) and
+    /// its heartbeat, `every` so often. Never ends unless a renewal fails: then it
+    /// answers the error, and no lease is extended any more (so no request starts on
+    /// one that may be gone); the pass is to stop and release what it holds.
+    pub async fn keep_alive(
+        &self,
+        db: &Db,
+        pass_id: i64,
+        every: Duration,
+        lease: Duration,
+    ) -> DbError {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.renew(db, pass_id, lease).await {
+                tracing::error!(error = %crate::db::cause_chain(&e), "cannot renew the leases: stopping the pass");
+                return e;
+            }
+        }
+    }
+
+    async fn renew(&self, db: &Db, pass_id: i64, lease: Duration) -> Result<(), DbError> {
+        for holdings in [&self.sends, &self.conversions, &self.rates] {
+            let lost = renew(db, holdings, lease).await?;
+            if lost > 0 {
+                tracing::warn!(
+                    table = holdings.table.name,
+                    lost,
+                    "leases taken over by another pass: their items are not worked"
+                );
+            }
+        }
+        passes::heartbeat(db, pass_id).await?;
+        Ok(())
+    }
+}
+
 /// Renews every lease `holdings` believes held, in one statement; answers how many
 /// turned out lost.
-pub async fn renew(
-    db: &crate::db::Db,
-    holdings: &Holdings,
-    lease: Duration,
-) -> Result<usize, sqlx::Error> {
+async fn renew(db: &Db, holdings: &Holdings, lease: Duration) -> Result<usize, sqlx::Error> {
     let asked = holdings.to_renew();
     if asked.is_empty() {
         return Ok(0);

@@ -9,14 +9,52 @@
 //! - the writer collects results and writes them, `write_batch` at a time (or whatever
 //!   is there after `write_interval`), with up to `writers` writes in flight.
 
+use super::calls::Calls;
 use super::held::Holdings;
-use crate::db::DbError;
-use crate::lease::Leased;
+use crate::clock::SharedClock;
+use crate::db::lease::{Claim, Leased, Scope};
+use crate::db::{Db, DbError};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// What every stage works with, and nothing else of the pass: the database, the
+/// clock, the provider calls and the terms of its claims.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub db: &'a Db,
+    pub clock: &'a SharedClock,
+    pub calls: &'a Calls<'a>,
+    pub terms: Terms<'a>,
+}
+
+/// The terms of a stage's claims: how long they hold, for whom, in what scope.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms<'a> {
+    pub lease: Duration,
+    pub owner: &'a str,
+    pub scope: &'a Scope,
+}
+
+impl Terms<'_> {
+    /// A claim of up to `limit` items in the pass's scope, none of `held`.
+    pub fn claim<'b>(&'b self, limit: usize, held: &'b [i64]) -> Claim<'b> {
+        self.claim_in(self.scope, limit, held)
+    }
+
+    /// The same in another scope.
+    pub fn claim_in<'b>(&'b self, scope: &'b Scope, limit: usize, held: &'b [i64]) -> Claim<'b> {
+        Claim {
+            limit,
+            lease: self.lease,
+            owner: self.owner,
+            held,
+            scope,
+        }
+    }
+}
 
 /// What became of an item.
 pub enum Worked<I, D> {
@@ -62,13 +100,32 @@ pub struct Shape {
     pub lease: Duration,
 }
 
+/// How a stage's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageEnd {
+    /// Nothing was due any more.
+    Drained,
+    /// The pass is stopping: a signal, its deadline, a fatal answer, the breaker.
+    Stopped,
+    /// Its share of --max-runtime was over: it claimed no more.
+    CutShort,
+}
+
+/// What one claim came to.
+enum Claiming {
+    /// A batch, queued for the workers.
+    Queued,
+    NothingDue,
+    Stopping,
+}
+
 /// Runs `stage` until nothing is due or `stop` is cancelled and everything claimed is
 /// written or released. A database error ends it at once; its leases then expire.
 pub async fn run<S: Stage>(
     stage: &S,
     shape: Shape,
     stop: &CancellationToken,
-) -> Result<(), DbError> {
+) -> Result<StageEnd, DbError> {
     let claim_batch = shape.claim_batch.max(1);
     let (work_tx, mut work_rx) = mpsc::channel(claim_batch * 2);
     let (done_tx, done_rx) = mpsc::channel(shape.write_batch.max(1) * (shape.writers.max(1) + 1));
@@ -94,53 +151,71 @@ pub async fn run<S: Stage>(
         Ok::<(), DbError>(())
     };
     let writer = write_all(stage, shape, done_rx);
-    tokio::try_join!(claimer, workers, writer)?;
-    Ok(())
+    let (end, (), ()) = tokio::try_join!(claimer, workers, writer)?;
+    Ok(end)
 }
 
+/// Claims batch after batch while the work queue has room, until nothing is due or the
+/// stage is stopping.
 async fn claim_all<S: Stage>(
     stage: &S,
     batch: usize,
     lease: Duration,
     work: mpsc::Sender<S::Item>,
     stop: &CancellationToken,
-) -> Result<(), DbError> {
+) -> Result<StageEnd, DbError> {
     loop {
-        let permits = tokio::select! {
-            permits = work.reserve_many(batch) => match permits {
-                Ok(p) => p,
-                Err(_) => return Ok(()),
-            },
-            _ = stop.cancelled() => return Ok(()),
-        };
-        if stop.is_cancelled() {
-            return Ok(());
-        }
-        let claiming = Instant::now();
-        // Never what the pass still holds (a lease taken over while its item waits).
-        let held = stage.holdings().ids();
-        let claimed = stage
-            .claim(batch, &held)
-            .instrument(tracing::debug_span!(
-                "claim",
-                stage = stage.name(),
-                limit = batch
-            ))
-            .await?;
-        tracing::debug!(
-            stage = stage.name(),
-            claimed = claimed.len(),
-            ms = claiming.elapsed().as_millis() as u64,
-            "claimed a batch"
-        );
-        if claimed.is_empty() {
-            return Ok(());
-        }
-        stage.holdings().claimed(&claimed, claiming, lease);
-        for (permit, item) in permits.zip(claimed) {
-            permit.send(item);
+        match claim_next(stage, batch, lease, &work, stop).await? {
+            Claiming::Queued => {}
+            Claiming::NothingDue => return Ok(StageEnd::Drained),
+            Claiming::Stopping => return Ok(StageEnd::Stopped),
         }
     }
+}
+
+/// One claim, once the queue has room for a batch, committed at once.
+async fn claim_next<S: Stage>(
+    stage: &S,
+    batch: usize,
+    lease: Duration,
+    work: &mpsc::Sender<S::Item>,
+    stop: &CancellationToken,
+) -> Result<Claiming, DbError> {
+    let permits = tokio::select! {
+        permits = work.reserve_many(batch) => match permits {
+            Ok(p) => p,
+            Err(_) => return Ok(Claiming::Stopping),
+        },
+        _ = stop.cancelled() => return Ok(Claiming::Stopping),
+    };
+    if stop.is_cancelled() {
+        return Ok(Claiming::Stopping);
+    }
+    let claiming = Instant::now();
+    // Never what the pass still holds (a lease taken over while its item waits).
+    let held = stage.holdings().ids();
+    let claimed = stage
+        .claim(batch, &held)
+        .instrument(tracing::debug_span!(
+            "claim",
+            stage = stage.name(),
+            limit = batch
+        ))
+        .await?;
+    tracing::debug!(
+        stage = stage.name(),
+        claimed = claimed.len(),
+        ms = claiming.elapsed().as_millis() as u64,
+        "claimed a batch"
+    );
+    if claimed.is_empty() {
+        return Ok(Claiming::NothingDue);
+    }
+    stage.holdings().claimed(&claimed, claiming, lease);
+    for (permit, item) in permits.zip(claimed) {
+        permit.send(item);
+    }
+    Ok(Claiming::Queued)
 }
 
 async fn write_all<S: Stage>(

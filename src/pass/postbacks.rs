@@ -2,21 +2,28 @@
 //! (SPEC "One pass", step 5). Marked sent only on status 0, kept with its reason when
 //! rejected, tried again later when the failure was transient.
 
-use super::Run;
+use super::calls::Called;
+use super::counters::ConversionCounters;
 use super::held::{Held, Holdings};
-use super::pipeline::{Stage, Worked};
-use super::summary::Counters;
-use crate::conversions::{self, Claimed, Done, Kind};
+use super::pipeline::{Ctx, Stage, Worked};
 use crate::db::DbError;
-use crate::lease;
-use crate::ledger::{Posted, outcome_unknown};
+use crate::db::conversions::{self, Claimed, Done, Kind};
+use crate::db::lease;
+use crate::db::ledger::{Posted, outcome_unknown};
 use crate::provider::{OtpPostback, SmsPostback};
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::time::Duration;
 use tracing::Instrument;
 
+/// The postbacks stage: only what it needs of the pass.
 pub struct Postbacks<'a> {
-    pub run: &'a Run<'a>,
+    pub ctx: Ctx<'a>,
+    /// The conversions it holds.
+    pub holdings: &'a Holdings,
+    pub counters: &'a ConversionCounters,
+    /// How long before a later pass posts again a conversion whose retries ran out.
+    pub retry_later: Duration,
 }
 
 impl Stage for Postbacks<'_> {
@@ -28,7 +35,7 @@ impl Stage for Postbacks<'_> {
     }
 
     fn holdings(&self) -> &Holdings {
-        &self.run.held.conversions
+        self.holdings
     }
 
     fn done_id(done: &Done) -> i64 {
@@ -36,9 +43,10 @@ impl Stage for Postbacks<'_> {
     }
 
     async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
-        let r = self.run;
-        let claimed = conversions::claim(r.db, r.clock.now(), &r.lease_claim(limit, held)).await?;
-        Counters::add(&r.counters.conversions.claimed, claimed.len() as u64);
+        let ctx = &self.ctx;
+        let claimed =
+            conversions::claim(ctx.db, ctx.clock.now(), &ctx.terms.claim(limit, held)).await?;
+        self.counters.claimed.add(claimed.len() as u64);
         Ok(claimed)
     }
 
@@ -49,7 +57,8 @@ impl Stage for Postbacks<'_> {
             kind = c.kind.as_str(),
             message_id = %c.message_id,
         );
-        let r = self.run;
+        let ctx = &self.ctx;
+        let client = ctx.calls.client;
         async {
             let Some(number) = c.number.clone() else {
                 let reason = "no number: neither the conversion nor its send has one".to_owned();
@@ -65,22 +74,23 @@ impl Stage for Postbacks<'_> {
             let doubt = Cell::new(c.in_doubt);
             let in_flight = Cell::new(false);
             let held = Held {
-                holdings: &r.held.conversions,
+                holdings: self.holdings,
                 id: c.id,
             };
-            let outcome = r
+            let called = ctx
+                .calls
                 .call(held, || async {
                     in_flight.set(true);
                     let answer = match c.kind {
                         Kind::Otp => {
                             let body =
                                 OtpPostback::new(&c.app_id, &c.message_id, &number, c.converted_at);
-                            r.client.otp_postback(&body).await
+                            client.otp_postback(&body).await
                         }
                         Kind::Sms => {
                             let body =
                                 SmsPostback::new(&c.app_id, &c.message_id, &number, c.converted_at);
-                            r.client.sms_postback(&body).await
+                            client.sms_postback(&body).await
                         }
                     };
                     in_flight.set(false);
@@ -90,13 +100,14 @@ impl Stage for Postbacks<'_> {
                     answer
                 })
                 .await;
-            let Some(outcome) = outcome else {
+            let Called::Answered(outcome) = called else {
                 // Abandoned mid-request, or stopped after an attempt of unknown outcome:
                 // released in doubt.
                 let in_doubt = doubt.get() || in_flight.get();
                 return Worked::Release(Claimed { in_doubt, ..c });
             };
-            let posted = Posted::from_outcome(outcome, r.retry_at());
+            let retry_at = crate::clock::after(ctx.clock.now(), self.retry_later);
+            let posted = Posted::from_outcome(outcome, retry_at);
             Worked::Done(Done {
                 id: c.id,
                 lease: c.lease,
@@ -109,35 +120,32 @@ impl Stage for Postbacks<'_> {
     }
 
     async fn write(&self, done: Vec<Done>, released: Vec<Claimed>) -> Result<(), DbError> {
-        let r = self.run;
-        let now = r.clock.now();
-        let written: HashMap<i64, conversions::Written> = conversions::complete(r.db, now, &done)
+        let (db, now) = (self.ctx.db, self.ctx.clock.now());
+        let written: HashMap<i64, conversions::Written> = conversions::complete(db, now, &done)
             .await?
             .into_iter()
             .map(|w| (w.id, w))
             .collect();
-        let c = &r.counters.conversions;
+        let c = self.counters;
         for d in &done {
             let Some(w) = written.get(&d.id) else {
-                Counters::add(&c.lease_lost, 1);
+                c.lease_lost.add(1);
                 continue;
             };
             match d.posted {
                 Posted::Sent => {
-                    Counters::add(&c.sent, 1);
+                    c.sent.add(1);
                     // As the ledger has it: what this pass wrote as sent and in doubt.
                     if w.in_doubt {
-                        Counters::add(&c.possibly_duplicated, 1);
+                        c.possibly_duplicated.add(1);
                     }
                 }
-                Posted::Rejected(_) => Counters::add(&c.rejected, 1),
-                Posted::Later { .. } => Counters::add(&c.later, 1),
+                Posted::Rejected(_) => c.rejected.add(1),
+                Posted::Later { .. } => c.later.add(1),
             }
         }
-        Counters::add(
-            &c.released,
-            lease::release(r.db, &conversions::DUE, now, &released).await?,
-        );
+        c.released
+            .add(lease::release(db, &conversions::DUE, now, &released).await?);
         Ok(())
     }
 }

@@ -1,47 +1,61 @@
 //! The third stage: compute each app's conversion rate per mcc over the closed windows,
 //! then post each new window to `/otp/backfillRate` once (SPEC "One pass", step 6).
 
-use super::Run;
+use super::calls::Called;
+use super::counters::RateCounters;
 use super::held::{Held, Holdings};
-use super::pipeline::{Stage, Worked};
-use super::summary::Counters;
+use super::pipeline::{Ctx, Stage, Worked};
 use crate::db::DbError;
-use crate::lease;
-use crate::ledger::{Posted, outcome_unknown};
+use crate::db::lease;
+use crate::db::ledger::{Posted, outcome_unknown};
+use crate::db::rates::{self, Claimed, Done};
 use crate::provider::BackfillRate;
-use crate::provider::api::rate_percent;
-use crate::rates::{self, Claimed, Done, Rules};
+use crate::rates::{Rules, rate_percent};
 use std::cell::Cell;
+use std::time::Duration;
 use tracing::Instrument;
 
+/// The rates stage: only what it needs of the pass.
 pub struct RatePosts<'a> {
-    run: &'a Run<'a>,
+    ctx: Ctx<'a>,
+    /// The windows it holds.
+    holdings: &'a Holdings,
+    counters: &'a RateCounters,
+    /// How long before a later pass posts again a window whose retries ran out.
+    retry_later: Duration,
 }
 
 impl<'a> RatePosts<'a> {
-    /// Computes the closed windows of `apps` (all if empty; one statement), then is ready
-    /// to post them.
+    /// Computes the closed windows of the pass's apps (all if none; one statement),
+    /// then is ready to post them.
     pub async fn prepare(
-        run: &'a Run<'a>,
+        ctx: Ctx<'a>,
+        holdings: &'a Holdings,
+        counters: &'a RateCounters,
         rules: &Rules,
-        apps: &[String],
+        retry_later: Duration,
     ) -> Result<Self, DbError> {
-        let computed = rates::compute(run.db, run.clock.now(), rules, apps).await?;
+        let apps = &ctx.terms.scope.apps;
+        let computed = rates::compute(ctx.db, ctx.clock.now(), rules, apps).await?;
         tracing::debug!(
             windows = computed.windows_computed,
             changed = computed.windows_changed,
             "conversion-rate windows recomputed"
         );
-        let c = &run.counters.rates;
-        Counters::add(&c.windows_changed, computed.windows_changed);
-        Counters::add(&c.changed_after_post, computed.changed_after_post);
+        counters.windows_changed.add(computed.windows_changed);
+        counters.changed_after_post.add(computed.changed_after_post);
         if computed.changed_after_post > 0 && !rules.repost {
             tracing::warn!(
                 windows = computed.changed_after_post,
                 "conversion rates changed after they were posted; --repost-rates posts them again"
             );
         }
-        Ok(Self { run })
+        Ok(Self {
+            ctx,
+            holdings,
+            counters,
+            retry_later,
+        })
     }
 }
 
@@ -54,7 +68,7 @@ impl Stage for RatePosts<'_> {
     }
 
     fn holdings(&self) -> &Holdings {
-        &self.run.held.rates
+        self.holdings
     }
 
     fn done_id(done: &Done) -> i64 {
@@ -62,9 +76,9 @@ impl Stage for RatePosts<'_> {
     }
 
     async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
-        let r = self.run;
-        let claimed = rates::claim(r.db, r.clock.now(), &r.lease_claim(limit, held)).await?;
-        Counters::add(&r.counters.rates.claimed, claimed.len() as u64);
+        let ctx = &self.ctx;
+        let claimed = rates::claim(ctx.db, ctx.clock.now(), &ctx.terms.claim(limit, held)).await?;
+        self.counters.claimed.add(claimed.len() as u64);
         Ok(claimed)
     }
 
@@ -75,7 +89,7 @@ impl Stage for RatePosts<'_> {
             mcc = window.mcc,
             window_start = %window.window_start,
         );
-        let r = self.run;
+        let (ctx, client) = (&self.ctx, self.ctx.calls.client);
         async {
             let (converted, sent) = (
                 u64::try_from(window.converted).unwrap_or(0),
@@ -83,15 +97,16 @@ impl Stage for RatePosts<'_> {
             );
             let rate = rate_percent(converted, sent).unwrap_or_default();
             let doubt = Cell::new(window.in_doubt);
-            let mut callback_at = r.clock.now();
+            let mut callback_at = ctx.clock.now();
             let held = Held {
-                holdings: &r.held.rates,
+                holdings: self.holdings,
                 id: window.id,
             };
-            let outcome = r
+            let called = ctx
+                .calls
                 .call(held, || {
                     // callbackTime is when it is posted: each attempt says its own time.
-                    callback_at = r.clock.now();
+                    callback_at = ctx.clock.now();
                     let body = BackfillRate::new(
                         &window.app_id,
                         window.mcc,
@@ -102,7 +117,7 @@ impl Stage for RatePosts<'_> {
                     let doubt = &doubt;
                     async move {
                         let answer = match body {
-                            Some(body) => r.client.backfill_rate(&body).await,
+                            Some(body) => client.backfill_rate(&body).await,
                             None => unreachable!("the ledger keeps only windows with sends"),
                         };
                         if outcome_unknown(&answer) {
@@ -112,14 +127,17 @@ impl Stage for RatePosts<'_> {
                     }
                 })
                 .await;
-            let Some(outcome) = outcome else {
+            let Called::Answered(outcome) = called else {
                 // Not sent, or stopped after an attempt of unknown outcome: released,
                 // in doubt if an attempt may have been applied.
                 let in_doubt = doubt.get();
                 return Worked::Release(Claimed { in_doubt, ..window });
             };
             Worked::Done(Done {
-                posted: Posted::from_outcome(outcome, r.retry_at()),
+                posted: Posted::from_outcome(
+                    outcome,
+                    crate::clock::after(ctx.clock.now(), self.retry_later),
+                ),
                 rate,
                 callback_at,
                 in_doubt: doubt.get(),
@@ -131,27 +149,22 @@ impl Stage for RatePosts<'_> {
     }
 
     async fn write(&self, done: Vec<Done>, released: Vec<Claimed>) -> Result<(), DbError> {
-        let r = self.run;
-        let now = r.clock.now();
-        let written: std::collections::HashSet<i64> = rates::complete(r.db, now, &done)
-            .await?
-            .into_iter()
-            .collect();
-        let c = &r.counters.rates;
+        let (db, now) = (self.ctx.db, self.ctx.clock.now());
+        let written: std::collections::HashSet<i64> =
+            rates::complete(db, now, &done).await?.into_iter().collect();
+        let c = self.counters;
         for d in &done {
             if !written.contains(&d.window.id) {
                 continue;
             }
             match d.posted {
-                Posted::Sent => Counters::add(&c.sent, 1),
-                Posted::Rejected(_) => Counters::add(&c.rejected, 1),
-                Posted::Later { .. } => Counters::add(&c.later, 1),
+                Posted::Sent => c.sent.add(1),
+                Posted::Rejected(_) => c.rejected.add(1),
+                Posted::Later { .. } => c.later.add(1),
             }
         }
-        Counters::add(
-            &c.released,
-            lease::release(r.db, &rates::DUE, now, &released).await?,
-        );
+        c.released
+            .add(lease::release(db, &rates::DUE, now, &released).await?);
         Ok(())
     }
 }

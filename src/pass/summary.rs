@@ -1,8 +1,9 @@
 //! A pass's counts, as they are recorded in `passes`, printed, and written as JSON.
 
-use crate::decide::Recheck;
+use super::counters::Counters;
+use crate::db::DbError;
+use crate::provider::{Failure, Trip};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How a pass ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,66 +37,49 @@ impl Ended {
     }
 }
 
-/// Live counters, shared by the pass's tasks.
+/// What a pass's work came to, for judging how it ended.
 #[derive(Debug, Default)]
-pub struct Counters {
-    pub claimed: AtomicU64,
-    pub settled: AtomicU64,
-    pub still_sending: AtomicU64,
-    pub not_yet_visible: AtomicU64,
-    pub unreadable: AtomicU64,
-    pub transient: AtomicU64,
-    pub rejected: AtomicU64,
-    pub expired: AtomicU64,
-    pub released: AtomicU64,
-    pub lease_lost: AtomicU64,
-    pub records_changed: AtomicU64,
-    pub attempts_changed: AtomicU64,
-    pub conversions: ConversionCounters,
-    pub rates: RateCounters,
+pub struct Outcome<'a> {
+    /// The database error that stopped it.
+    pub failed: Option<&'a DbError>,
+    /// The answer that refused our credentials and stopped it.
+    pub fatal: Option<&'a Failure>,
+    /// Why the circuit breaker opened, if it did.
+    pub tripped: Option<Trip>,
+    /// SIGINT or SIGTERM.
+    pub interrupted: bool,
+    /// `--max-runtime`, or a stage's share of it, stopped the claims.
+    pub hit_deadline: bool,
 }
 
-/// The postbacks stage's counters.
-#[derive(Debug, Default)]
-pub struct ConversionCounters {
-    pub claimed: AtomicU64,
-    pub sent: AtomicU64,
-    pub rejected: AtomicU64,
-    pub later: AtomicU64,
-    pub released: AtomicU64,
-    pub lease_lost: AtomicU64,
-    pub possibly_duplicated: AtomicU64,
-}
-
-/// The rates stage's counters.
-#[derive(Debug, Default)]
-pub struct RateCounters {
-    pub windows_changed: AtomicU64,
-    pub changed_after_post: AtomicU64,
-    pub claimed: AtomicU64,
-    pub sent: AtomicU64,
-    pub rejected: AtomicU64,
-    pub later: AtomicU64,
-    pub released: AtomicU64,
-}
-
-impl Counters {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn recheck(&self, why: Recheck) -> &AtomicU64 {
-        match why {
-            Recheck::StillSending => &self.still_sending,
-            Recheck::NotYetVisible => &self.not_yet_visible,
-            Recheck::Unreadable => &self.unreadable,
-            Recheck::Transient => &self.transient,
+impl Ended {
+    /// How a pass ended, and the error it records, judged in this order: the database
+    /// failed, the provider refused our credentials, the breaker opened, a signal, the
+    /// deadline; done otherwise.
+    pub fn judge(outcome: Outcome) -> (Ended, Option<String>) {
+        match outcome {
+            Outcome {
+                failed: Some(e), ..
+            } => (Ended::Failed, Some(crate::db::cause_chain(e))),
+            Outcome { fatal: Some(f), .. } => (Ended::CredentialsRefused, Some(f.to_string())),
+            Outcome {
+                tripped: Some(trip),
+                ..
+            } => (
+                Ended::ProviderUnavailable,
+                Some(format!(
+                    "{trip}; every send not checked was released for the next pass"
+                )),
+            ),
+            Outcome {
+                interrupted: true, ..
+            } => (Ended::Interrupted, None),
+            Outcome {
+                hit_deadline: true, ..
+            } => (Ended::MaxRuntime, None),
+            Outcome { .. } => (Ended::Done, None),
         }
     }
-}
-
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }
 
 /// Why sends were left for a later check.
@@ -159,6 +143,8 @@ pub struct Summary {
     pub lease_lost: u64,
     pub requests: u64,
     pub retries: u64,
+    /// The highest the in-flight limit went (adaptive, up to `--concurrency`).
+    pub in_flight_limit_peak: usize,
     pub records_changed: u64,
     pub attempts_changed: u64,
     pub conversions: Conversions,
@@ -181,6 +167,7 @@ pub struct Totals<'a> {
     pub counters: &'a Counters,
     pub requests: u64,
     pub retries: u64,
+    pub in_flight_limit_peak: usize,
     pub db_statements: u64,
     pub elapsed_secs: f64,
     pub error: Option<String>,
@@ -188,18 +175,22 @@ pub struct Totals<'a> {
 
 impl Summary {
     pub fn new(t: Totals) -> Self {
-        let c = t.counters;
+        let (c, cv, rt) = (
+            &t.counters.sends,
+            &t.counters.conversions,
+            &t.counters.rates,
+        );
         let recheck_reasons = Rechecks {
-            still_sending: get(&c.still_sending),
-            not_yet_visible: get(&c.not_yet_visible),
-            unreadable: get(&c.unreadable),
-            transient: get(&c.transient),
+            still_sending: c.still_sending.get(),
+            not_yet_visible: c.not_yet_visible.get(),
+            unreadable: c.unreadable.get(),
+            transient: c.transient.get(),
         };
         let rechecks = recheck_reasons.still_sending
             + recheck_reasons.not_yet_visible
             + recheck_reasons.unreadable
             + recheck_reasons.transient;
-        let checked = get(&c.settled) + rechecks + get(&c.rejected) + get(&c.expired);
+        let checked = c.settled.get() + rechecks + c.rejected.get() + c.expired.get();
         let per_sec = |n: u64| {
             if t.elapsed_secs > 0.0 {
                 (n as f64 / t.elapsed_secs * 10.0).round() / 10.0
@@ -210,36 +201,37 @@ impl Summary {
         Summary {
             pass_id: t.pass_id,
             ended: t.ended,
-            claimed: get(&c.claimed),
+            claimed: c.claimed.get(),
             checked,
-            settled: get(&c.settled),
+            settled: c.settled.get(),
             rechecks,
             recheck_reasons,
-            rejected: get(&c.rejected),
-            expired: get(&c.expired),
-            released: get(&c.released),
-            lease_lost: get(&c.lease_lost),
+            rejected: c.rejected.get(),
+            expired: c.expired.get(),
+            released: c.released.get(),
+            lease_lost: c.lease_lost.get(),
             requests: t.requests,
             retries: t.retries,
-            records_changed: get(&c.records_changed),
-            attempts_changed: get(&c.attempts_changed),
+            in_flight_limit_peak: t.in_flight_limit_peak,
+            records_changed: c.records_changed.get(),
+            attempts_changed: c.attempts_changed.get(),
             conversions: Conversions {
-                claimed: get(&c.conversions.claimed),
-                sent: get(&c.conversions.sent),
-                rejected: get(&c.conversions.rejected),
-                retry_later: get(&c.conversions.later),
-                released: get(&c.conversions.released),
-                lease_lost: get(&c.conversions.lease_lost),
-                possibly_duplicated: get(&c.conversions.possibly_duplicated),
+                claimed: cv.claimed.get(),
+                sent: cv.sent.get(),
+                rejected: cv.rejected.get(),
+                retry_later: cv.later.get(),
+                released: cv.released.get(),
+                lease_lost: cv.lease_lost.get(),
+                possibly_duplicated: cv.possibly_duplicated.get(),
             },
             rates: Rates {
-                windows_changed: get(&c.rates.windows_changed),
-                changed_after_post: get(&c.rates.changed_after_post),
-                claimed: get(&c.rates.claimed),
-                sent: get(&c.rates.sent),
-                rejected: get(&c.rates.rejected),
-                retry_later: get(&c.rates.later),
-                released: get(&c.rates.released),
+                windows_changed: rt.windows_changed.get(),
+                changed_after_post: rt.changed_after_post.get(),
+                claimed: rt.claimed.get(),
+                sent: rt.sent.get(),
+                rejected: rt.rejected.get(),
+                retry_later: rt.later.get(),
+                released: rt.released.get(),
             },
             db_statements: t.db_statements,
             elapsed_secs: (t.elapsed_secs * 1000.0).round() / 1000.0,
@@ -255,6 +247,22 @@ impl Summary {
         }
     }
 
+    /// Writes the summary on stderr, whatever `RUST_LOG` filters: as text on a
+    /// terminal, as one JSON line shaped like the log events otherwise.
+    pub fn report(&self) {
+        if crate::telemetry::is_json() {
+            let line = serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "INFO",
+                "fields": { "message": "pass summary", "summary": self },
+                "target": "otp_reconcile::summary",
+            });
+            eprintln!("{line}");
+        } else {
+            eprintln!("{}", self.render());
+        }
+    }
+
     /// The summary as a few lines for a terminal or a log.
     pub fn render(&self) -> String {
         let r = &self.recheck_reasons;
@@ -263,7 +271,8 @@ impl Summary {
              claimed {claimed}, checked {checked}: settled {settled}, re-check later {rechecks} \
              (still sending {ss}, not yet visible {nv}, unreadable {ur}, transient failures {tf}), \
              rejected {rejected}, expired {expired}\n\
-             released unchecked {released}, lease lost {lost}; requests {requests} ({retries} retries); \
+             released unchecked {released}, lease lost {lost}; requests {requests} ({retries} retries, \
+             in-flight limit up to {peak}); \
              records changed {rc}, attempts changed {ac}\n\
              conversions: posted {cs}, rejected {cr}, retry later {cl}, released {crel}, \
              possibly duplicated {cd}\n\
@@ -291,6 +300,7 @@ impl Summary {
             lost = self.lease_lost,
             requests = self.requests,
             retries = self.retries,
+            peak = self.in_flight_limit_peak,
             rc = self.records_changed,
             ac = self.attempts_changed,
             cs = self.conversions.sent,
@@ -322,4 +332,60 @@ pub fn peak_rss_kib() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::FatalCause;
+
+    #[test]
+    fn a_pass_ends_by_the_first_cause_that_says() {
+        let failed = DbError::Query(sqlx::Error::PoolTimedOut);
+        let fatal = Failure::Fatal {
+            cause: FatalCause::Authentication,
+            reason: "bad key".into(),
+        };
+        let trip = Trip {
+            failed: 10,
+            of: 10,
+            span: "in a row".into(),
+            last_cause: "timed out".into(),
+        };
+        let everything = || Outcome {
+            failed: Some(&failed),
+            fatal: Some(&fatal),
+            tripped: Some(trip.clone()),
+            interrupted: true,
+            hit_deadline: true,
+        };
+        let (ended, error) = Ended::judge(everything());
+        assert_eq!(ended, Ended::Failed);
+        assert!(error.unwrap().starts_with("database error"));
+        let no_db = || Outcome {
+            failed: None,
+            ..everything()
+        };
+        let (ended, error) = Ended::judge(no_db());
+        assert_eq!(ended, Ended::CredentialsRefused);
+        assert!(error.unwrap().contains("bad key"));
+        let provider_down = || Outcome {
+            fatal: None,
+            ..no_db()
+        };
+        let (ended, error) = Ended::judge(provider_down());
+        assert_eq!(ended, Ended::ProviderUnavailable);
+        assert!(error.unwrap().ends_with("released for the next pass"));
+        let signalled = || Outcome {
+            tripped: None,
+            ..provider_down()
+        };
+        assert_eq!(Ended::judge(signalled()), (Ended::Interrupted, None));
+        let deadline = Outcome {
+            interrupted: false,
+            ..signalled()
+        };
+        assert_eq!(Ended::judge(deadline), (Ended::MaxRuntime, None));
+        assert_eq!(Ended::judge(Outcome::default()), (Ended::Done, None));
+    }
 }

@@ -1,8 +1,9 @@
-//! The five endpoints the job uses and the bodies it sends them (NOTES.md), shared by
-//! the client and the simulator so the two cannot drift apart.
+//! The five endpoints the job uses and the bodies it sends them (NOTES.md). The
+//! simulator (its own crate) implements them again from the same pages, sharing no code,
+//! so a mistake here shows up in tests instead of hiding on both sides.
 
+use crate::rates::rate_percent;
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
-use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 /// An endpoint, with its path below the base URL.
@@ -41,7 +42,7 @@ impl Endpoint {
         }
     }
 
-    /// A short stable name, used in logs and the simulator's stats.
+    /// A short stable name, used in logs; the simulator's stats use the same names.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::RecordByVerificationId => "record_by_verification_id",
@@ -140,32 +141,9 @@ impl BackfillRate {
     }
 }
 
-/// `100 × converted / sent`, rounded half up to two decimals; `None` when nothing was sent.
-pub fn rate_percent(converted: u64, sent: u64) -> Option<Decimal> {
-    if sent == 0 {
-        return None;
-    }
-    let rate = Decimal::from(converted) * Decimal::ONE_HUNDRED / Decimal::from(sent);
-    Some(
-        rate.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
-            .normalize(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_round_half_up_to_two_decimals() {
-        assert_eq!(rate_percent(100, 1000).unwrap().to_string(), "10");
-        assert_eq!(rate_percent(1, 3).unwrap().to_string(), "33.33");
-        assert_eq!(rate_percent(2, 3).unwrap().to_string(), "66.67");
-        // 1/8 = 12.5%; 1/16 = 6.25%; 1/32 = 3.125% -> 3.13 (half up).
-        assert_eq!(rate_percent(1, 32).unwrap().to_string(), "3.13");
-        assert_eq!(rate_percent(0, 5).unwrap().to_string(), "0");
-        assert_eq!(rate_percent(1, 0), None);
-    }
 
     #[test]
     fn postback_time_is_unix_milliseconds() {

@@ -1,10 +1,12 @@
 //! The one gate every request of a pass goes through: a stop token (no request starts
 //! once the pass is stopping), a pause the provider asked for with 429, the shared
-//! rate limit (governor), and the circuit breaker that stops the pass when the
-//! provider is down. It also counts the requests it let through.
+//! rate limit (governor), the in-flight limit (adaptive, [`super::limit`]), and the
+//! circuit breaker that stops the pass when the provider is down. It also counts the
+//! requests it let through.
 
 use super::breaker::{Breaker, BreakerSettings, Trip};
-use super::outcome::{Failure, health};
+use super::limit::{LimitSettings, Limiter, Permit, Sample};
+use super::outcome::{Failure, Health, health};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -13,6 +15,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// A request let through the gate, and when: its latency is a sample for the
+/// in-flight limit.
+#[derive(Debug)]
+#[must_use = "give the outcome to Gate::observe"]
+pub struct Admitted(Instant);
+
+/// A call's place under the in-flight limit, held from its first attempt to its
+/// outcome.
+pub type Slot<'a> = Permit<'a>;
+
 #[derive(Debug)]
 pub struct Gate {
     limiter: Option<DefaultDirectRateLimiter>,
@@ -20,6 +32,7 @@ pub struct Gate {
     stop: CancellationToken,
     admitted: AtomicU64,
     breaker: Breaker,
+    in_flight: Limiter,
 }
 
 impl Gate {
@@ -42,7 +55,20 @@ impl Gate {
             stop,
             admitted: AtomicU64::new(0),
             breaker: Breaker::new(BreakerSettings::default()),
+            in_flight: Limiter::new(LimitSettings::fixed(usize::MAX)),
         }
+    }
+
+    /// The same gate with this in-flight limit (without one, the callers' own bound is
+    /// the only one).
+    pub fn with_limit(mut self, settings: LimitSettings) -> Self {
+        self.in_flight = Limiter::new(settings);
+        self
+    }
+
+    /// The in-flight limit now, and the highest it reached.
+    pub fn in_flight_limit(&self) -> (usize, usize) {
+        (self.in_flight.limit(), self.in_flight.peak())
     }
 
     /// The same gate with these breaker settings.
@@ -51,14 +77,23 @@ impl Gate {
         self
     }
 
-    /// Records what one request came to. When it opens the breaker, the gate stops:
-    /// no request starts any more, and waiting ones give up.
-    pub fn observe<T>(&self, outcome: &Result<T, Failure>) {
+    /// Records what one `admitted` request came to: its latency or its overload for
+    /// the in-flight limit, its health for the breaker. When it opens the
+    /// breaker, the gate stops: no request starts any more, and waiting ones give up.
+    pub fn observe<T>(&self, admitted: Admitted, outcome: &Result<T, Failure>) {
+        let health = health(outcome);
+        let now = Instant::now();
+        let sample = match health {
+            Health::Answered => Sample::Answered(now.saturating_duration_since(admitted.0)),
+            Health::TimedOut | Health::Neutral => Sample::Overloaded,
+            Health::Failing => Sample::Ignored,
+        };
+        self.in_flight.sample(sample, now);
         let cause = || match outcome {
             Err(failure) => failure.to_string(),
             Ok(_) => String::new(),
         };
-        if self.breaker.record(Instant::now(), health(outcome), cause) {
+        if self.breaker.record(now, health, cause) {
             if let Some(trip) = self.breaker.tripped() {
                 tracing::error!(%trip, "stopping the pass: the provider is unavailable");
             }
@@ -82,15 +117,24 @@ impl Gate {
         Self::new(None, 1, CancellationToken::new())
     }
 
-    /// Waits for any pause and for the rate limit. False, without waiting further, once
-    /// the pass is stopping: the request must not be sent.
-    pub async fn admit(&self) -> bool {
+    /// Waits for a place under the in-flight limit for one call (a request and its
+    /// retries). `None` once the pass is stopping.
+    pub async fn slot(&self) -> Option<Slot<'_>> {
+        tokio::select! {
+            slot = self.in_flight.acquire() => (!self.stop.is_cancelled()).then_some(slot),
+            _ = self.stop.cancelled() => None,
+        }
+    }
+
+    /// Waits for any pause and for the rate limit. `None`, without waiting further,
+    /// once the pass is stopping: the request must not be sent.
+    pub async fn admit(&self) -> Option<Admitted> {
         loop {
             let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
             match paused {
                 Some(until) if until > Instant::now() => {
                     if !self.sleep_until(until).await {
-                        return false;
+                        return None;
                     }
                 }
                 _ => break,
@@ -99,14 +143,14 @@ impl Gate {
         if let Some(limiter) = &self.limiter {
             tokio::select! {
                 _ = limiter.until_ready() => {}
-                _ = self.stop.cancelled() => return false,
+                _ = self.stop.cancelled() => return None,
             }
         }
         if self.stop.is_cancelled() {
-            return false;
+            return None;
         }
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        true
+        Some(Admitted(Instant::now()))
     }
 
     /// Holds every request for `delay` (the provider's `Retry-After`).

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod breaker;
 pub mod gate;
+pub mod limit;
 pub mod outcome;
 pub mod retry;
 pub mod scan;

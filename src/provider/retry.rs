@@ -85,12 +85,12 @@ impl RetryPolicy {
             .build();
         let mut rate_limited = 0;
         let mut stale_timestamps = 0;
+        // One place under the in-flight limit for the whole call, retries included.
+        let _slot = gate.slot().await?;
         loop {
-            if !gate.admit().await {
-                return None;
-            }
+            let admitted = gate.admit().await?;
             let outcome = call().await;
-            gate.observe(&outcome);
+            gate.observe(admitted, &outcome);
             let failure = match outcome {
                 Ok(value) => return Some(Ok(value)),
                 Err(failure) if !failure.is_retryable() => return Some(Err(failure)),
@@ -257,7 +257,7 @@ mod tests {
         let (out, calls) = always(&quick(3), &gate, limited.clone()).await;
         assert_eq!((out, calls), (Some(Err(limited)), 1));
         let started = std::time::Instant::now();
-        assert!(gate.admit().await);
+        assert!(gate.admit().await.is_some());
         assert!(
             started.elapsed() < Duration::from_millis(100),
             "the gate is not paused"
@@ -302,7 +302,7 @@ mod tests {
         let gate = Gate::new(Some(50.0), 1, CancellationToken::new());
         let started = std::time::Instant::now();
         for _ in 0..11 {
-            assert!(gate.admit().await);
+            assert!(gate.admit().await.is_some());
         }
         // 50 per second: ten gaps of 20 ms after the first.
         let took = started.elapsed();

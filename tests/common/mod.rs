@@ -3,16 +3,16 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
-use otp_reconcile::apps;
 use otp_reconcile::clock;
 use otp_reconcile::config::ProviderSettings;
 use otp_reconcile::db::Db;
+use otp_reconcile::db::apps;
+use otp_reconcile::db::sends::{self, NewSend};
 use otp_reconcile::pass::{self, Deps, PassSettings, Summary};
 use otp_reconcile::progress::Progress;
 use otp_reconcile::provider::{ProviderClient, RetryPolicy};
 use otp_reconcile::record::Record;
-use otp_reconcile::sends::{self, NewSend};
-use otp_reconcile::simulator::{DEMO_API_KEY, DEMO_API_SECRET, Lookup, SimHandle};
+use otp_reconcile_simulator::{DEMO_API_KEY, DEMO_API_SECRET, Lookup, SimHandle};
 use rust_decimal::Decimal;
 use secrecy::SecretString;
 use sqlx::{PgPool, Row};
@@ -108,6 +108,47 @@ pub async fn run_pass(db: &Db, client: &ProviderClient, settings: &PassSettings)
     )
     .await
     .expect("the pass ends without a database error")
+}
+
+/// Waits until the simulator has received at least `n` requests: tests move on by the
+/// simulator's counters, not by the wall clock. The two-minute limit only turns a pass
+/// that never gets there into a failure instead of a hang.
+pub async fn until_requests(sim: &SimHandle, n: u64) {
+    let started = std::time::Instant::now();
+    while sim.stats().total_requests < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the simulator never reached {n} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs a pass whose clock jumps `by` ahead once the simulator has answered
+/// `after_requests` requests: a test reaches `--max-runtime` (or a stage's share of
+/// it) at a point of the work it chooses, however fast or loaded the machine is.
+pub async fn run_pass_jumping_clock(
+    db: &Db,
+    client: &ProviderClient,
+    settings: &PassSettings,
+    sim: &SimHandle,
+    after_requests: u64,
+    by: Duration,
+) -> Summary {
+    let clock = std::sync::Arc::new(clock::AdjustableClock::default());
+    let deps = Deps {
+        db,
+        client,
+        clock: clock.clone(),
+        interrupt: CancellationToken::new(),
+        progress: Progress::hidden(),
+    };
+    let driver = async {
+        until_requests(sim, after_requests).await;
+        clock.advance(by);
+    };
+    let (summary, ()) = tokio::join!(pass::run(deps, settings), driver);
+    summary.expect("the pass ends without a database error")
 }
 
 /// A send as stored.
@@ -369,9 +410,9 @@ pub fn claim_of<'a>(
     limit: usize,
     lease: Duration,
     owner: &'a str,
-    scope: &'a otp_reconcile::lease::Scope,
-) -> otp_reconcile::lease::Claim<'a> {
-    otp_reconcile::lease::Claim {
+    scope: &'a otp_reconcile::db::lease::Scope,
+) -> otp_reconcile::db::lease::Claim<'a> {
+    otp_reconcile::db::lease::Claim {
         limit,
         lease,
         owner,

@@ -1,0 +1,337 @@
+//! The lease protocol, once, for every table a pass claims (`sends`, `conversions`,
+//! `conversion_rates`): claim, renew, complete with the token, release.
+//!
+//! A table supplies a description ([`leased_table!`]): its name, its due predicate, the
+//! order to claim in, the key it is sharded by, what a claim, a renewal and a release
+//! also write, and the columns a claim returns. Its completion (the table's own
+//! decision columns) is its own statement, built with [`still_held!`] in its `WHERE` and
+//! [`lease_cleared!`] in its `SET`, so a late finisher whose lease was taken over
+//! changes nothing.
+//!
+//! Expiry is measured on the database's clock (`now()`), never the host's: passes on
+//! machines whose clocks disagree still keep out of each other's way. Every table is
+//! keyed by a `bigint id` and aliased `t` (the table) and `u` (the batch) in these
+//! statements.
+
+use crate::db::Db;
+use crate::db::sends::Shard;
+use sqlx::Postgres;
+use sqlx::postgres::{PgArguments, PgRow};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A claimed table's statements, built at compile time by [`leased_table!`].
+#[derive(Debug)]
+pub struct Table {
+    /// For logs.
+    pub name: &'static str,
+    /// Parameters: $1 limit, $2 token, $3 owner, $4 lease (ms), $5 ids the pass already
+    /// holds, $6 and $7 the shard, $8 the app ids (empty: all); the table's own from $9.
+    pub claim: &'static str,
+    /// Parameters: $1 ids, $2 tokens, $3 lease (ms). Returns each id, whether it was
+    /// renewed, and whether it was still held (a row being written is neither renewed
+    /// nor lost).
+    pub renew: &'static str,
+    /// Parameters: $1 now (host clock, when the item is due again), $2 ids, $3 tokens,
+    /// $4 in doubt, $5 when each was due before its claim (NULL: unknown).
+    pub release: &'static str,
+}
+
+/// The `SET` that ends a lease, for a table's completion.
+macro_rules! lease_cleared {
+    () => {
+        "lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL"
+    };
+}
+pub(crate) use lease_cleared;
+
+/// The `WHERE` that keeps a completion to the items still held under their lease: the
+/// table aliased `t`, the batch `u` with columns `id` and `lease`.
+macro_rules! still_held {
+    () => {
+        "t.id = u.id AND t.lease_token = u.lease"
+    };
+}
+pub(crate) use still_held;
+
+/// The SQL condition "in the scope": the app is one of `$apps` (all when empty) and
+/// `$shard_key` is in shard `$index` of `$of` (see [`crate::db::in_shard`]). Bound by
+/// [`bind_scope`].
+macro_rules! in_scope {
+    ($shard_key:literal, $index:literal, $of:literal, $apps:literal) => {
+        concat!(
+            $crate::db::in_apps!("app_id", $apps),
+            " AND ",
+            $crate::db::in_shard!($shard_key, $index, $of)
+        )
+    };
+}
+pub(crate) use in_scope;
+
+/// Binds a scope's three parameters (shard index, shard count, apps), in that order.
+pub fn bind_scope<'q>(query: Query<'q>, scope: &Scope) -> Query<'q> {
+    query
+        .bind(scope.shard.map(|s| s.index as i32))
+        .bind(scope.shard.map_or(1, |s| i64::from(s.of)))
+        .bind(scope.apps.clone())
+}
+
+/// The lease `$ms` milliseconds from the database's now.
+macro_rules! expiry {
+    ($ms:literal) => {
+        concat!("now() + ", $ms, "::bigint * interval '1 millisecond'")
+    };
+}
+pub(crate) use expiry;
+
+/// A table's [`Table`], from literal pieces of SQL:
+/// - `due`: which rows may be claimed (besides a free lease and the scope), a literal or
+///   a table's due predicate (a macro giving one);
+/// - `order`: which first; `shard_key`: the expression a shard hashes;
+/// - `on_claim`, `on_renew`, `on_release`: more `SET` items (each starting with a comma,
+///   or empty); `on_claim` may use the table's own parameters from $9, `on_release` $1
+///   (now), `u.in_doubt` and `u.due_at`;
+/// - `before` (optional): columns read before the claim writes, as `due.name` in
+///   `returning` (e.g. when the item was due, for a release that gives it back);
+/// - `returning`: the claimed rows' columns.
+macro_rules! leased_table {
+    (
+        table: $table:literal,
+        due: $due:expr,
+        order: $order:literal,
+        shard_key: $shard_key:literal,
+        on_claim: $on_claim:literal,
+        on_renew: $on_renew:literal,
+        on_release: $on_release:literal,
+        $(before: $before:literal,)?
+        returning: $returning:literal $(,)?
+    ) => {
+        $crate::db::lease::Table {
+            name: $table,
+            claim: concat!(
+                "WITH due AS (
+                     SELECT t.id",
+                $($before,)?
+                " FROM ",
+                $table,
+                " t
+                     WHERE ",
+                $due,
+                "
+                       AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now())
+                       AND t.id <> ALL($5::bigint[])
+                       AND ",
+                $crate::db::in_apps!("t.app_id", "$8"),
+                "
+                       AND ",
+                $crate::db::in_shard!($shard_key, "$6", "$7"),
+                "
+                     ORDER BY ",
+                $order,
+                "
+                     LIMIT $1
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE ",
+                $table,
+                " t
+                 SET lease_token = $2, lease_owner = $3, lease_expires_at = ",
+                $crate::db::lease::expiry!("$4"),
+                $on_claim,
+                "
+                 FROM due WHERE t.id = due.id
+                 RETURNING ",
+                $returning
+            ),
+            // Rows locked by a write (the pass's own completion, or another pass's
+            // claim) are skipped, never waited for: no deadlock with a completion that
+            // locks the same rows in another order. Each asked item comes back with
+            // whether it was renewed and whether its token was still there.
+            renew: concat!(
+                "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS u(id, lease)),
+                 free AS (SELECT t.id FROM ",
+                $table,
+                " t JOIN u ON ",
+                $crate::db::lease::still_held!(),
+                "
+                          FOR UPDATE OF t SKIP LOCKED),
+                 renewed AS (
+                     UPDATE ",
+                $table,
+                " t
+                     SET lease_expires_at = ",
+                $crate::db::lease::expiry!("$3"),
+                $on_renew,
+                "
+                     FROM free WHERE t.id = free.id
+                     RETURNING t.id)
+                 SELECT u.id,
+                        u.id IN (SELECT id FROM renewed) AS renewed,
+                        EXISTS (SELECT 1 FROM ",
+                $table,
+                " t WHERE ",
+                $crate::db::lease::still_held!(),
+                ") AS held
+                 FROM u"
+            ),
+            release: concat!(
+                "UPDATE ",
+                $table,
+                " t
+                 SET ",
+                $crate::db::lease::lease_cleared!(),
+                $on_release,
+                "
+                 FROM unnest($2::bigint[], $3::uuid[], $4::bool[], $5::timestamptz[])
+                      AS u(id, lease, in_doubt, due_at)
+                 WHERE ",
+                $crate::db::lease::still_held!()
+            ),
+        }
+    };
+}
+pub(crate) use leased_table;
+
+/// Which items a pass works on: a shard of them, and some apps only (none: all).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Scope {
+    pub shard: Option<Shard>,
+    pub apps: Vec<String>,
+}
+
+/// One claim's parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub limit: usize,
+    pub lease: Duration,
+    pub owner: &'a str,
+    /// What the pass already holds: never claimed again while it does.
+    pub held: &'a [i64],
+    pub scope: &'a Scope,
+}
+
+/// A query with its parameters bound so far.
+pub type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// Milliseconds, for the lease parameters.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Claims up to `c.limit` due items of `table` under a fresh token, committed at once;
+/// `extra` binds the table's own parameters (from $9). Answers the token and the rows.
+pub async fn claim<'q>(
+    db: &Db,
+    table: &'static Table,
+    c: &Claim<'_>,
+    extra: impl FnOnce(Query<'q>) -> Query<'q>,
+) -> Result<(Uuid, Vec<PgRow>), sqlx::Error> {
+    db.counted(1);
+    let token = Uuid::new_v4();
+    let query = sqlx::query(table.claim)
+        .bind(i64::try_from(c.limit).unwrap_or(i64::MAX))
+        .bind(token)
+        .bind(c.owner.to_owned())
+        .bind(millis(c.lease))
+        .bind(c.held.to_vec());
+    let query = bind_scope(query, c.scope);
+    let rows = extra(query).fetch_all(db.pool()).await?;
+    Ok((token, rows))
+}
+
+/// What a renewal found for one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Renewed {
+    pub id: i64,
+    /// Its lease now runs `lease` from the database's now.
+    pub renewed: bool,
+    /// Its token was still there (false: taken over, or finished).
+    pub held: bool,
+}
+
+/// Extends the leases of `held` (id, token) for `lease` from the database's now, in one
+/// statement; answers what it found for each.
+pub async fn renew(
+    db: &Db,
+    table: &'static Table,
+    held: &[(i64, Uuid)],
+    lease: Duration,
+) -> Result<Vec<Renewed>, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    db.counted(1);
+    sqlx::query_as(table.renew)
+        .bind(held.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(held.iter().map(|(_, t)| *t).collect::<Vec<_>>())
+        .bind(millis(lease))
+        .fetch_all(db.pool())
+        .await
+}
+
+/// An item claimed under a lease.
+pub trait Leased {
+    fn id(&self) -> i64;
+    fn lease(&self) -> Uuid;
+    /// An attempt's outcome is unknown: the provider may have it already.
+    fn in_doubt(&self) -> bool {
+        false
+    }
+    /// When it was due before its claim, where the table keeps that.
+    fn due_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
+}
+
+/// Implements [`Leased`] for a claimed row type with fields `id` and `lease` (and
+/// `in_doubt`, given as a second argument).
+macro_rules! impl_leased {
+    ($ty:ty) => {
+        impl $crate::db::lease::Leased for $ty {
+            fn id(&self) -> i64 {
+                self.id
+            }
+            fn lease(&self) -> uuid::Uuid {
+                self.lease
+            }
+        }
+    };
+    ($ty:ty, in_doubt) => {
+        impl $crate::db::lease::Leased for $ty {
+            fn id(&self) -> i64 {
+                self.id
+            }
+            fn lease(&self) -> uuid::Uuid {
+                self.lease
+            }
+            fn in_doubt(&self) -> bool {
+                self.in_doubt
+            }
+        }
+    };
+}
+pub(crate) use impl_leased;
+
+/// Gives back items claimed but not finished, those still held only; due again at
+/// `now` (or, where the table says so, when they were due before the claim: no check
+/// counted), marked in doubt when an attempt's outcome is unknown. Answers how many were
+/// still held.
+pub async fn release(
+    db: &Db,
+    table: &'static Table,
+    now: chrono::DateTime<chrono::Utc>,
+    held: &[impl Leased],
+) -> Result<u64, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    db.counted(1);
+    Ok(sqlx::query(table.release)
+        .bind(now)
+        .bind(held.iter().map(Leased::id).collect::<Vec<_>>())
+        .bind(held.iter().map(Leased::lease).collect::<Vec<_>>())
+        .bind(held.iter().map(Leased::in_doubt).collect::<Vec<_>>())
+        .bind(held.iter().map(Leased::due_at).collect::<Vec<_>>())
+        .execute(db.pool())
+        .await?
+        .rows_affected())
+}

@@ -1,0 +1,356 @@
+//! The `records` and `attempts` tables, one module because they are written together:
+//! the provider's answer for each send, parsed into columns beside its raw JSON (an
+//! attempt row per channel attempt). One statement per table per batch; re-storing an
+//! unchanged answer writes nothing.
+
+use crate::db::spend::add_spend;
+use crate::record::{CallAttempt, Fetched, Settlement, SmsAttempt, SnaAttempt};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use std::collections::HashSet;
+
+/// What a store changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Records inserted or changed.
+    pub records: u64,
+    /// Attempts inserted or changed.
+    pub attempts: u64,
+}
+
+/// One attempt as its row.
+struct AttemptRow {
+    send_id: i64,
+    channel: &'static str,
+    position: i32,
+    status: Option<i64>,
+    reason: Option<String>,
+    mcc: Option<i64>,
+    mnc: Option<i64>,
+    submitted_at: Option<DateTime<Utc>>,
+    sent_at: Option<DateTime<Utc>>,
+    ringing_at: Option<DateTime<Utc>>,
+    answered_at: Option<DateTime<Utc>>,
+    completed_at: Option<DateTime<Utc>>,
+    sender: Option<String>,
+    charge_count: Option<i64>,
+    call_duration: Option<i64>,
+    charged_duration: Option<i64>,
+    bill_period: Option<String>,
+    supplier_code: Option<String>,
+    rate: Option<Decimal>,
+    amount: Option<Decimal>,
+    settle: Settlement,
+}
+
+impl AttemptRow {
+    fn blank(send_id: i64, channel: &'static str, index: usize, settle: &Settlement) -> Self {
+        Self {
+            send_id,
+            channel,
+            position: i32::try_from(index + 1).unwrap_or(i32::MAX),
+            status: None,
+            reason: None,
+            mcc: None,
+            mnc: None,
+            submitted_at: None,
+            sent_at: None,
+            ringing_at: None,
+            answered_at: None,
+            completed_at: None,
+            sender: None,
+            charge_count: None,
+            call_duration: None,
+            charged_duration: None,
+            bill_period: None,
+            supplier_code: None,
+            rate: None,
+            amount: None,
+            settle: settle.clone(),
+        }
+    }
+
+    fn sms(send_id: i64, i: usize, a: &SmsAttempt) -> Self {
+        Self {
+            status: a.status,
+            reason: a.reason.clone(),
+            mcc: a.mcc,
+            mnc: a.mnc,
+            submitted_at: a.submit_tm,
+            sent_at: a.send_tm,
+            completed_at: a.done_tm,
+            sender: a.sender.clone(),
+            charge_count: a.charge_cnt,
+            amount: a.pay,
+            ..Self::blank(send_id, "sms", i, &a.settlement)
+        }
+    }
+
+    fn call(send_id: i64, i: usize, a: &CallAttempt) -> Self {
+        Self {
+            status: a.termination_code,
+            reason: a.termination_reason.clone(),
+            mcc: a.mcc,
+            mnc: a.mnc,
+            submitted_at: a.submit_time,
+            sent_at: a.call_time,
+            ringing_at: a.ringing_time,
+            answered_at: a.answer_time,
+            completed_at: a.hangup_time,
+            sender: a.display_num.clone(),
+            call_duration: a.call_duration,
+            charged_duration: a.charged_duration,
+            bill_period: a.bill_period.clone(),
+            supplier_code: a.code.clone(),
+            rate: a.rate,
+            amount: a.cost,
+            ..Self::blank(send_id, "call", i, &a.settlement)
+        }
+    }
+
+    fn sna(send_id: i64, i: usize, a: &SnaAttempt) -> Self {
+        Self {
+            status: a.status,
+            reason: a.reason.clone(),
+            mcc: a.mcc,
+            mnc: a.mnc,
+            submitted_at: a.post_verification_time,
+            completed_at: a.verification_back_time,
+            ..Self::blank(send_id, "sna", i, &a.settlement)
+        }
+    }
+}
+
+/// One column of the batch, as a Postgres array.
+macro_rules! column {
+    ($rows:expr, $($field:tt).+) => {
+        $rows.iter().map(|r| r.$($field).+.clone()).collect::<Vec<_>>()
+    };
+}
+
+/// Stores the records of `fetched` sends, in the caller's transaction, for the sends in
+/// `held` only (those whose lease this pass still holds).
+pub async fn store(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    fetched: &[(i64, &Fetched)],
+    held: &[i64],
+) -> Result<Stored, sqlx::Error> {
+    if fetched.is_empty() || held.is_empty() {
+        return Ok(Stored::default());
+    }
+    let records = store_records(conn, now, fetched, held).await?;
+    let attempts = store_attempts(conn, fetched, held).await?;
+    Ok(Stored { records, attempts })
+}
+
+async fn store_records(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    fetched: &[(i64, &Fetched)],
+    held: &[i64],
+) -> Result<u64, sqlx::Error> {
+    let rows: Vec<_> = fetched
+        .iter()
+        .map(|(id, f)| (*id, &f.record, &f.raw))
+        .collect();
+    let result = sqlx::query(
+        "INSERT INTO records (send_id, matched, verified_at, ori_receiver, channel, order_id,
+                              flow_id, mcc, still_sending, raw, first_stored_at, changed_at)
+         SELECT u.send_id, u.matched, u.verified_at, u.ori_receiver, u.channel, u.order_id,
+                u.flow_id, u.mcc, u.still_sending, u.raw::jsonb, $1, $1
+         FROM unnest($2::bigint[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[],
+                     $7::text[], $8::bigint[], $9::bigint[], $10::bool[], $11::text[])
+              AS u(send_id, matched, verified_at, ori_receiver, channel, order_id, flow_id,
+                   mcc, still_sending, raw)
+         WHERE u.send_id = ANY($12::bigint[])
+         ON CONFLICT (send_id) DO UPDATE
+         SET matched = EXCLUDED.matched, verified_at = EXCLUDED.verified_at,
+             ori_receiver = EXCLUDED.ori_receiver, channel = EXCLUDED.channel,
+             order_id = EXCLUDED.order_id, flow_id = EXCLUDED.flow_id, mcc = EXCLUDED.mcc,
+             still_sending = EXCLUDED.still_sending, raw = EXCLUDED.raw,
+             changed_at = EXCLUDED.changed_at
+         WHERE records.raw IS DISTINCT FROM EXCLUDED.raw",
+    )
+    .bind(now)
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.1.verification.matched.map(|m| m.code()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(column!(rows, 1.verification.verified_date))
+    .bind(column!(rows, 1.verification.ori_receiver))
+    .bind(column!(rows, 1.verification.channel))
+    .bind(column!(rows, 1.order_id))
+    .bind(column!(rows, 1.flow_id))
+    .bind(rows.iter().map(|r| r.1.mcc()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.still_sending()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+    .bind(held)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+async fn store_attempts(
+    conn: &mut PgConnection,
+    fetched: &[(i64, &Fetched)],
+    held: &[i64],
+) -> Result<u64, sqlx::Error> {
+    let rows: Vec<AttemptRow> = fetched
+        .iter()
+        .flat_map(|(id, f)| {
+            let r = &f.record;
+            let sms = r
+                .sms
+                .iter()
+                .enumerate()
+                .map(|(i, a)| AttemptRow::sms(*id, i, a));
+            let call = r
+                .call
+                .iter()
+                .enumerate()
+                .map(|(i, a)| AttemptRow::call(*id, i, a));
+            let sna = r
+                .sna
+                .iter()
+                .enumerate()
+                .map(|(i, a)| AttemptRow::sna(*id, i, a));
+            sms.chain(call).chain(sna).collect::<Vec<_>>()
+        })
+        .collect();
+    let held: HashSet<i64> = held.iter().copied().collect();
+    let stored: Vec<i64> = fetched
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| held.contains(id))
+        .collect();
+    let result = sqlx::query(concat!(
+        "WITH incoming AS (
+             SELECT * FROM unnest(
+                 $1::bigint[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::bigint[],
+                 $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+                 $11::timestamptz[], $12::timestamptz[], $13::text[], $14::bigint[],
+                 $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::numeric[],
+                 $20::numeric[], $21::numeric[], $22::numeric[], $23::text[], $24::numeric[])
+             AS u(send_id, channel, position, status, reason, mcc, mnc, submitted_at, sent_at,
+                  ringing_at, answered_at, completed_at, sender, charge_count, call_duration,
+                  charged_duration, bill_period, supplier_code, rate, amount, settle_pay,
+                  settle_price, settle_currency, quote_exchange)
+             WHERE u.send_id = ANY($25::bigint[])),
+         gone AS (
+             DELETE FROM attempts a
+             WHERE a.send_id = ANY($25::bigint[])
+               AND NOT EXISTS (SELECT 1 FROM incoming i
+                               WHERE i.send_id = a.send_id AND i.channel = a.channel
+                                 AND i.position = a.position)),
+         ",
+        // The spend: what is written, less what it replaces (read before the writes).
+        add_spend!(
+            "spend",
+            "SELECT send_id, settle_currency, settle_pay, 1 FROM incoming
+             WHERE settle_pay IS NOT NULL
+             UNION ALL
+             SELECT send_id, settle_currency, -settle_pay, -1 FROM attempts
+             WHERE send_id = ANY($25::bigint[]) AND settle_pay IS NOT NULL",
+            "SELECT id, sent_at FROM sends WHERE id = ANY($25::bigint[])"
+        ),
+        "
+         INSERT INTO attempts AS a
+         SELECT * FROM incoming
+         ON CONFLICT (send_id, channel, position) DO UPDATE
+         SET status = EXCLUDED.status, reason = EXCLUDED.reason, mcc = EXCLUDED.mcc,
+             mnc = EXCLUDED.mnc, submitted_at = EXCLUDED.submitted_at,
+             sent_at = EXCLUDED.sent_at, ringing_at = EXCLUDED.ringing_at,
+             answered_at = EXCLUDED.answered_at, completed_at = EXCLUDED.completed_at,
+             sender = EXCLUDED.sender, charge_count = EXCLUDED.charge_count,
+             call_duration = EXCLUDED.call_duration,
+             charged_duration = EXCLUDED.charged_duration,
+             bill_period = EXCLUDED.bill_period, supplier_code = EXCLUDED.supplier_code,
+             rate = EXCLUDED.rate, amount = EXCLUDED.amount,
+             settle_pay = EXCLUDED.settle_pay, settle_price = EXCLUDED.settle_price,
+             settle_currency = EXCLUDED.settle_currency,
+             quote_exchange = EXCLUDED.quote_exchange
+         WHERE (a.status, a.reason, a.mcc, a.mnc, a.submitted_at, a.sent_at, a.ringing_at,
+                a.answered_at, a.completed_at, a.sender, a.charge_count, a.call_duration,
+                a.charged_duration, a.bill_period, a.supplier_code, a.rate, a.amount,
+                a.settle_pay, a.settle_price, a.settle_currency, a.quote_exchange)
+               IS DISTINCT FROM
+               (EXCLUDED.status, EXCLUDED.reason, EXCLUDED.mcc, EXCLUDED.mnc,
+                EXCLUDED.submitted_at, EXCLUDED.sent_at, EXCLUDED.ringing_at,
+                EXCLUDED.answered_at, EXCLUDED.completed_at, EXCLUDED.sender,
+                EXCLUDED.charge_count, EXCLUDED.call_duration, EXCLUDED.charged_duration,
+                EXCLUDED.bill_period, EXCLUDED.supplier_code, EXCLUDED.rate, EXCLUDED.amount,
+                EXCLUDED.settle_pay, EXCLUDED.settle_price, EXCLUDED.settle_currency,
+                EXCLUDED.quote_exchange)",
+    ))
+    .bind(column!(rows, send_id))
+    .bind(rows.iter().map(|r| r.channel).collect::<Vec<_>>())
+    .bind(column!(rows, position))
+    .bind(column!(rows, status))
+    .bind(column!(rows, reason))
+    .bind(column!(rows, mcc))
+    .bind(column!(rows, mnc))
+    .bind(column!(rows, submitted_at))
+    .bind(column!(rows, sent_at))
+    .bind(column!(rows, ringing_at))
+    .bind(column!(rows, answered_at))
+    .bind(column!(rows, completed_at))
+    .bind(column!(rows, sender))
+    .bind(column!(rows, charge_count))
+    .bind(column!(rows, call_duration))
+    .bind(column!(rows, charged_duration))
+    .bind(column!(rows, bill_period))
+    .bind(column!(rows, supplier_code))
+    .bind(column!(rows, rate))
+    .bind(column!(rows, amount))
+    .bind(column!(rows, settle.settle_pay))
+    .bind(column!(rows, settle.settle_price))
+    .bind(column!(rows, settle.settle_currency))
+    .bind(column!(rows, settle.quote_exchange))
+    .bind(stored)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// The settled cost of the sends sent since `since`, per settle currency (`None` when
+/// the provider gave none): what the job pushes as today's spend. Reads `spend_days`
+/// (see [`crate::db::spend`]), not the sends.
+pub async fn spend_since(
+    db: &crate::db::Db,
+    since: DateTime<Utc>,
+) -> Result<Vec<(Option<String>, Decimal)>, sqlx::Error> {
+    crate::db::spend::spend_since(db, since).await
+}
+
+/// Prune's share of a statement whose CTE `batch` holds the ids of sends that go: the
+/// CTEs `a` and `r` deleting their attempts and records (`delete attempts`, `delete
+/// records`), or how many those are (`count attempts`, `count records`).
+macro_rules! records_of_batch {
+    (delete attempts) => {
+        concat!(
+            "a AS (DELETE FROM attempts WHERE send_id IN (SELECT id FROM batch)
+               RETURNING send_id, settle_currency, settle_pay),
+             ",
+            $crate::db::spend::add_spend!(
+                "spend",
+                "SELECT send_id, settle_currency, -settle_pay, -1 FROM a
+                 WHERE settle_pay IS NOT NULL",
+                "SELECT id, sent_at FROM batch"
+            )
+        )
+    };
+    (delete records) => {
+        "r AS (DELETE FROM records WHERE send_id IN (SELECT id FROM batch) RETURNING 1)"
+    };
+    (count attempts) => {
+        "(SELECT count(*) FROM attempts WHERE send_id IN (SELECT id FROM batch))"
+    };
+    (count records) => {
+        "(SELECT count(*) FROM records WHERE send_id IN (SELECT id FROM batch))"
+    };
+}
+pub(crate) use records_of_batch;

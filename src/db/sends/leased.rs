@@ -1,0 +1,168 @@
+//! The sends a pass claims under a lease: the due ones, and for a replay those of a
+//! range or of a list of ids, whatever their state.
+
+use super::{Range, SendState, send_due, sent_in};
+use crate::db::lease::{self, Claim, Table, leased_table};
+use crate::db::{Db, in_apps};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+/// A send claimed by a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: i64,
+    pub app_id: String,
+    pub verification_id: Option<String>,
+    pub order_id: Option<String>,
+    pub number: Option<String>,
+    pub sent_at: DateTime<Utc>,
+    pub state: SendState,
+    /// Checks made before this one.
+    pub attempts: i32,
+    pub lease: Uuid,
+    /// When it was due before it was claimed: a release gives that back.
+    pub due_at: DateTime<Utc>,
+}
+
+/// The sends a pass claims when they are due. While leased, a send's `next_check_at` is
+/// its lease expiry, so a crashed pass's sends come due again by themselves and claiming
+/// never walks over leased rows; a renewal moves both. A send given back unchecked is
+/// due when it was due before its claim (`due_at`): no check counted, nothing pushed
+/// back, so a pass stopped by an outage leaves its sends as they were. $9: now.
+pub static DUE: Table = leased_table! {
+    table: "sends",
+    due: send_due!("t", "$9"),
+    order: "t.next_check_at",
+    shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
+    on_claim: ", next_check_at = now() + $4::bigint * interval '1 millisecond', updated_at = $9",
+    on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
+                                      THEN now() + $3::bigint * interval '1 millisecond'
+                                      ELSE t.next_check_at END",
+    on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
+    before: ", t.next_check_at AS due_at",
+    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
+                due.due_at",
+};
+
+/// A table of sends a replay claims, whatever their state, in id order, by `$due`. It
+/// leaves `next_check_at` alone, so a send the replay does not change stays as it was
+/// (and is given back as it was).
+macro_rules! replay_table {
+    ($due:expr) => {
+        leased_table! {
+            table: "sends",
+            due: $due,
+            order: "t.id",
+            shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
+            on_claim: "",
+            on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
+                                              THEN now() + $3::bigint * interval '1 millisecond'
+                                              ELSE t.next_check_at END",
+            on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
+            returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at,
+                        t.state, t.attempts, t.next_check_at AS due_at",
+        }
+    };
+}
+
+/// The sends a replay sweeps: in a range, above the highest id claimed so far.
+/// $9, $10: the range of sent_at; $11: that id.
+pub static IN_RANGE: Table = replay_table!(concat!(sent_in!("t", "$9", "$10"), " AND t.id > $11"));
+
+/// The sends a replay comes back to, by id, once the pass that held them let go.
+/// $9: the ids.
+pub static BY_ID: Table = replay_table!("t.id = ANY($9::bigint[])");
+
+/// Claims up to `c.limit` due sends at `now`, committed at once.
+pub async fn claim(
+    db: &Db,
+    now: DateTime<Utc>,
+    c: &Claim<'_>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let (token, rows) = lease::claim(db, &DUE, c, |q| q.bind(now)).await?;
+    claimed_rows(&rows, token)
+}
+
+fn claimed_rows(rows: &[sqlx::postgres::PgRow], token: Uuid) -> Result<Vec<Claimed>, sqlx::Error> {
+    rows.iter()
+        .map(|row| {
+            let state: String = row.try_get("state")?;
+            Ok(Claimed {
+                id: row.try_get("id")?,
+                app_id: row.try_get("app_id")?,
+                verification_id: row.try_get("verification_id")?,
+                order_id: row.try_get("order_id")?,
+                number: row.try_get("number")?,
+                sent_at: row.try_get("sent_at")?,
+                state: SendState::parse(&state).unwrap_or(SendState::Recheck),
+                attempts: row.try_get("attempts")?,
+                lease: token,
+                due_at: row.try_get("due_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Claims, for a replay, up to `c.limit` sends in `range` with an id above `after`,
+/// whatever their state, skipping those another pass holds (`c.scope` carries the
+/// range's apps).
+pub async fn claim_range(
+    db: &Db,
+    range: &Range,
+    after: i64,
+    c: &Claim<'_>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let (from, to) = (range.from, range.to);
+    let (token, rows) =
+        lease::claim(db, &IN_RANGE, c, |q| q.bind(from).bind(to).bind(after)).await?;
+    claimed_rows(&rows, token)
+}
+
+/// The ids in `range` above `after` (and up to `until`, if given), in id order: what a
+/// replay's sweep passed over because another pass held them.
+pub async fn ids_in_range(
+    db: &Db,
+    range: &Range,
+    after: i64,
+    until: Option<i64>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_scalar(concat!(
+        "SELECT id FROM sends
+         WHERE ",
+        sent_in!("sends", "$1", "$2"),
+        "
+           AND ",
+        in_apps!("app_id", "$3"),
+        "
+           AND id > $4 AND ($5::bigint IS NULL OR id <= $5)
+         ORDER BY id",
+    ))
+    .bind(range.from)
+    .bind(range.to)
+    .bind(&range.app_ids)
+    .bind(after)
+    .bind(until)
+    .fetch_all(db.pool())
+    .await
+}
+
+/// Claims, for a replay, those of `ids` no other pass holds now, whatever their state,
+/// leaving `next_check_at` alone like [`claim_range`].
+pub async fn claim_ids(db: &Db, ids: &[i64], c: &Claim<'_>) -> Result<Vec<Claimed>, sqlx::Error> {
+    let (token, rows) = lease::claim(db, &BY_ID, c, |q| q.bind(ids.to_vec())).await?;
+    claimed_rows(&rows, token)
+}
+
+impl lease::Leased for Claimed {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn lease(&self) -> Uuid {
+        self.lease
+    }
+    fn due_at(&self) -> Option<DateTime<Utc>> {
+        Some(self.due_at)
+    }
+}

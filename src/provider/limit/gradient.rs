@@ -1,0 +1,332 @@
+//! The limit's arithmetic, driven by samples and the times given to it (no clock, no
+//! locks): see the module above for the rule it follows.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Answers the short-term latency averages over.
+pub const SHORT_SAMPLES: f64 = 50.0;
+/// How long the baseline remembers a minimum (it keeps this window and the last).
+pub const BASELINE_WINDOW: Duration = Duration::from_secs(30);
+/// How much slower than the baseline answers may come before the limit shrinks: with
+/// a baseline that is a minimum, 2 leaves room for a provider's usual spread and still
+/// stops requests queueing for more than the provider's own latency.
+pub const TOLERANCE: f64 = 2.0;
+/// The share of the way to its new estimate the limit moves per round trip.
+pub const SMOOTHING: f64 = 0.2;
+/// The factor a timeout or 429 multiplies the limit by.
+pub const BACKOFF: f64 = 0.9;
+
+/// What one request came to, as the limit sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sample {
+    /// Answered (whatever the answer said) after this long.
+    Answered(Duration),
+    /// Too much: it timed out, or the provider said 429.
+    Overloaded,
+    /// Says nothing about load (a connection refused, a 5xx: the breaker's business).
+    Ignored,
+}
+
+/// The bounds and the starting point of the limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitSettings {
+    pub min: usize,
+    pub max: usize,
+    /// The configured rate (requests/s), if any: the limit starts at, and stays under,
+    /// twice `rate × latency`.
+    pub rate: Option<f64>,
+    /// Adaptive; when false the limit is `max`, always (the old fixed `--concurrency`).
+    pub adaptive: bool,
+}
+
+impl LimitSettings {
+    /// A fixed limit of `n`.
+    pub fn fixed(n: usize) -> Self {
+        Self {
+            min: n.max(1),
+            max: n.max(1),
+            rate: None,
+            adaptive: false,
+        }
+    }
+}
+
+/// The limit's arithmetic.
+#[derive(Debug, Clone)]
+pub struct Gradient {
+    settings: LimitSettings,
+    limit: f64,
+    /// Short-term latency, seconds; `None` before the first answer.
+    short: Option<f64>,
+    /// Answers seen (the short average is a plain mean until it has `SHORT_SAMPLES`).
+    answers: u64,
+    /// The lowest short-term latency in this window and in the one before, and when
+    /// this window started.
+    baseline: [f64; 2],
+    window_started: Option<Instant>,
+    /// Growing by one per answer, until the first sign of queueing.
+    slow_start: bool,
+    /// When the limit may next back off (one back-off per latency).
+    backoff_after: Option<Instant>,
+}
+
+/// Where the limit starts before any answer: enough to learn the latency quickly
+/// without opening hundreds of connections to a provider we know nothing about.
+const START: usize = 20;
+
+impl Gradient {
+    pub fn new(settings: LimitSettings) -> Self {
+        let start = if settings.adaptive {
+            START
+        } else {
+            settings.max
+        };
+        Self {
+            limit: start.clamp(settings.min.max(1), settings.max.max(1)) as f64,
+            settings,
+            short: None,
+            answers: 0,
+            baseline: [f64::INFINITY; 2],
+            window_started: None,
+            slow_start: true,
+            backoff_after: None,
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        (self.limit.floor() as usize).clamp(self.settings.min.max(1), self.settings.max.max(1))
+    }
+
+    /// Takes one request's sample; `in_flight` is how many were open when it ended
+    /// (itself included), `now` when it ended.
+    pub fn sample(&mut self, sample: Sample, in_flight: usize, now: Instant) {
+        if !self.settings.adaptive {
+            return;
+        }
+        match sample {
+            Sample::Ignored => {}
+            Sample::Overloaded => {
+                if self.backoff_after.is_none_or(|t| now >= t) {
+                    self.slow_start = false;
+                    self.limit *= BACKOFF;
+                    let wait = Duration::from_secs_f64(self.short.unwrap_or(0.1));
+                    self.backoff_after = Some(now + wait);
+                }
+            }
+            Sample::Answered(rtt) => self.answered(rtt.as_secs_f64().max(1e-6), in_flight, now),
+        }
+        self.bound();
+    }
+
+    fn answered(&mut self, rtt: f64, in_flight: usize, now: Instant) {
+        self.answers += 1;
+        let n = (self.answers as f64).min(SHORT_SAMPLES);
+        let short = match self.short {
+            None => rtt,
+            Some(short) => short + (rtt - short) / n,
+        };
+        self.short = Some(short);
+        let started = *self.window_started.get_or_insert(now);
+        if now.duration_since(started) >= BASELINE_WINDOW {
+            self.baseline = [f64::INFINITY, self.baseline[0]];
+            self.window_started = Some(now);
+            // The baseline may have moved (a provider that became slower): probe again
+            // as at the start.
+            self.slow_start = true;
+        }
+        self.baseline[0] = self.baseline[0].min(short);
+        let baseline = self.baseline[0].min(self.baseline[1]);
+        // Limited by something else: probing higher would measure nothing.
+        if (in_flight as f64) < self.limit / 2.0 {
+            return;
+        }
+        let ratio = short / baseline;
+        if ratio <= TOLERANCE && self.slow_start {
+            self.limit += 1.0;
+            return;
+        }
+        if ratio > TOLERANCE {
+            self.slow_start = false;
+        }
+        // One step per round trip (`limit` answers), spread over its answers.
+        let gradient = (TOLERANCE / ratio).clamp(0.5, 1.0);
+        let new = self.limit * gradient + self.limit.sqrt();
+        self.limit += SMOOTHING * (new - self.limit) / self.limit;
+    }
+
+    fn bound(&mut self) {
+        let mut max = self.settings.max.max(1) as f64;
+        // Little's law: `rate × latency` requests are in flight at the rate; twice that
+        // leaves room for the latency to vary without holding memory for nothing.
+        if let (Some(rate), Some(short)) = (self.settings.rate, self.short) {
+            max = max.min(
+                (2.0 * rate * short)
+                    .ceil()
+                    .max(self.settings.min.max(1) as f64),
+            );
+        }
+        self.limit = self.limit.clamp(self.settings.min.max(1) as f64, max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adaptive(max: usize) -> LimitSettings {
+        LimitSettings {
+            min: 1,
+            max,
+            rate: None,
+            adaptive: true,
+        }
+    }
+
+    /// Drives `g` as a pass with unlimited work would: `limit` requests in flight, each
+    /// answered after `rtt(in_flight)`. Answers the limits seen, one per sample.
+    fn drive(g: &mut Gradient, samples: usize, rtt: impl Fn(usize) -> Duration) -> Vec<usize> {
+        let start = Instant::now();
+        (0..samples)
+            .map(|i| {
+                let in_flight = g.limit();
+                let now = start + Duration::from_millis(i as u64);
+                g.sample(Sample::Answered(rtt(in_flight)), in_flight, now);
+                g.limit()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_steady_provider_lets_the_limit_grow_to_its_maximum() {
+        let mut g = Gradient::new(adaptive(1_000));
+        assert_eq!(g.limit(), START);
+        let seen = drive(&mut g, 4_000, |_| Duration::from_millis(300));
+        assert_eq!(*seen.last().unwrap(), 1_000);
+        // Doubling every round trip, it gets there in about a thousand answers (at
+        // 300 ms and hundreds in flight, a second or two).
+        assert!(
+            seen.iter().position(|&l| l == 1_000).unwrap() < 1_000,
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn answers_that_vary_widely_do_not_hold_the_limit_back() {
+        // Between 100 and 300 ms, in no order (a cheap deterministic scramble).
+        let mut i = 0u64;
+        let mut g = Gradient::new(adaptive(1_000));
+        let seen: Vec<usize> = (0..6_000)
+            .map(|n| {
+                i = i
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let rtt = Duration::from_millis(100 + (i >> 33) % 201);
+                let in_flight = g.limit();
+                g.sample(
+                    Sample::Answered(rtt),
+                    in_flight,
+                    Instant::now() + Duration::from_millis(n),
+                );
+                g.limit()
+            })
+            .collect();
+        assert_eq!(*seen.last().unwrap(), 1_000, "{:?}", &seen[5_900..]);
+    }
+
+    #[test]
+    fn queueing_beyond_capacity_holds_the_limit_near_the_knee() {
+        // A server that serves 100 at once in 10 ms; more only queue (latency grows
+        // with what is in flight).
+        let server =
+            |in_flight: usize| Duration::from_micros(10_000 * in_flight.max(100) as u64 / 100);
+        let mut g = Gradient::new(adaptive(5_000));
+        let seen = drive(&mut g, 20_000, server);
+        let settled = &seen[10_000..];
+        let (lo, hi) = (settled.iter().min().unwrap(), settled.iter().max().unwrap());
+        // Never under the capacity (the pass gets all the server gives), never more
+        // than twice the latency at the capacity (what queues stays bounded).
+        assert!(*lo >= 100 && *hi <= 400, "settled between {lo} and {hi}");
+    }
+
+    #[test]
+    fn a_provider_that_becomes_slower_is_learnt_within_two_windows() {
+        let mut g = Gradient::new(adaptive(1_000));
+        let start = Instant::now();
+        let at = |t_ms: u64, g: &mut Gradient, ms: u64| {
+            let in_flight = g.limit();
+            g.sample(
+                Sample::Answered(Duration::from_millis(ms)),
+                in_flight,
+                start + Duration::from_millis(t_ms),
+            );
+            g.limit()
+        };
+        let fast: Vec<usize> = (0..2_000).map(|i| at(i, &mut g, 50)).collect();
+        assert_eq!(*fast.last().unwrap(), 1_000);
+        // Six times slower from 2 s on, an answer every 10 ms: it reads as queueing and
+        // the limit comes down, until the old baseline has left both windows; then it
+        // grows back.
+        let slow: Vec<usize> = (0..7_000)
+            .map(|i| at(2_000 + 10 * i, &mut g, 300))
+            .collect();
+        // About a tenth less per round trip (a thousand answers here).
+        let lowest = *slow.iter().min().unwrap();
+        assert!(lowest < 700, "{lowest}");
+        assert_eq!(*slow.last().unwrap(), 1_000);
+    }
+
+    #[test]
+    fn timeouts_back_off_once_per_latency() {
+        let mut g = Gradient::new(adaptive(1_000));
+        drive(&mut g, 4_000, |_| Duration::from_millis(100));
+        assert_eq!(g.limit(), 1_000);
+        let t = Instant::now();
+        // Ten timeouts at once count once.
+        for _ in 0..10 {
+            g.sample(Sample::Overloaded, 1_000, t);
+        }
+        assert_eq!(g.limit(), 900);
+        // A latency later, once more.
+        g.sample(Sample::Overloaded, 900, t + Duration::from_millis(150));
+        assert_eq!(g.limit(), 810);
+        // Failures that say nothing about load leave it.
+        g.sample(Sample::Ignored, 810, t + Duration::from_millis(300));
+        assert_eq!(g.limit(), 810);
+    }
+
+    #[test]
+    fn a_limit_half_unused_does_not_grow() {
+        let mut g = Gradient::new(adaptive(1_000));
+        let t = Instant::now();
+        for i in 0..1_000 {
+            g.sample(
+                Sample::Answered(Duration::from_millis(50)),
+                5,
+                t + Duration::from_millis(i),
+            );
+        }
+        assert_eq!(g.limit(), START);
+    }
+
+    #[test]
+    fn with_a_rate_the_limit_stays_near_what_littles_law_needs() {
+        let mut g = Gradient::new(LimitSettings {
+            rate: Some(500.0),
+            ..adaptive(10_000)
+        });
+        drive(&mut g, 5_000, |_| Duration::from_millis(300));
+        // 500/s × 0.3 s = 150 in flight; twice that at most.
+        assert_eq!(g.limit(), 300);
+    }
+
+    #[test]
+    fn a_fixed_limit_never_moves() {
+        let mut g = Gradient::new(LimitSettings::fixed(32));
+        let seen = drive(&mut g, 100, |n| Duration::from_millis(n as u64));
+        assert!(seen.iter().all(|&l| l == 32));
+        g.sample(Sample::Overloaded, 32, Instant::now());
+        assert_eq!(g.limit(), 32);
+    }
+}

@@ -1,0 +1,170 @@
+//! The adaptive in-flight limit: how many provider requests a pass keeps open at once.
+//!
+//! A fixed `--concurrency` is wrong for most providers: 32 requests against one that
+//! answers in 300 ms cap a pass at about 100 requests/s whatever `--rate` says, and 512
+//! against one that answers in 1 ms only queue work in this process and the database.
+//! The limit follows the latency, in the manner of Netflix's concurrency-limits
+//! (gradient limiters) and TCP Vegas:
+//!
+//! - the short-term latency is an average over the last [`SHORT_SAMPLES`] answers (a
+//!   provider whose answers vary between 100 and 300 ms reads as a steady 200);
+//! - the baseline is the lowest short-term latency of the last one to two
+//!   [`BASELINE_WINDOW`]s: what answers take when nothing queues. (Gradient2's long-term
+//!   *average* follows the short-term one up as requests queue in this process, so a
+//!   pass that is its own bottleneck would grow without end; a windowed minimum does
+//!   not, and still learns, a window later, a provider that became slower.)
+//! - `ratio = short / baseline`. Up to [`TOLERANCE`] nothing queues: the limit grows,
+//!   by one per answer at first (doubling every round trip, TCP's slow start), then,
+//!   after the first sign of queueing, by about √limit per round trip;
+//! - beyond it, `gradient = max(TOLERANCE / ratio, 0.5)` and the limit moves a
+//!   [`SMOOTHING`] share of the way to `limit × gradient + √limit` per round trip;
+//! - a timeout or a 429 multiplies it by [`BACKOFF`], at most once per latency;
+//! - it does not grow while fewer than half its places are used (the pass is limited
+//!   by something else: the rate, the claim, the end of the work);
+//! - it stays within `[min, max]`: `max` is `--concurrency`, and with a rate limit it
+//!   never exceeds twice what Little's law needs (`rate × latency`).
+//!
+//! [`Gradient`] is the arithmetic alone, driven by samples and the times given to it,
+//! so tests need no clock; [`Limiter`] holds it behind the permits the gate hands out.
+
+mod gradient;
+
+pub use gradient::{
+    BACKOFF, BASELINE_WINDOW, Gradient, LimitSettings, SHORT_SAMPLES, SMOOTHING, Sample, TOLERANCE,
+};
+use std::sync::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The places: at most `limit()` calls hold one at a time. A call (one item's request
+/// with its retries, as a worker of a fixed `--concurrency` was) holds its place from
+/// its first attempt to its outcome; each attempt's latency is a sample.
+#[derive(Debug)]
+pub struct Limiter {
+    state: Mutex<State>,
+    freed: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    gradient: Gradient,
+    in_flight: usize,
+    peak_limit: usize,
+}
+
+/// One call's place under the limit; given back when dropped (a call abandoned
+/// mid-flight included).
+#[derive(Debug)]
+pub struct Permit<'a> {
+    limiter: &'a Limiter,
+}
+
+impl Limiter {
+    pub fn new(settings: LimitSettings) -> Self {
+        let gradient = Gradient::new(settings);
+        Self {
+            state: Mutex::new(State {
+                peak_limit: gradient.limit(),
+                gradient,
+                in_flight: 0,
+            }),
+            freed: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a place under the limit.
+    pub async fn acquire(&self) -> Permit<'_> {
+        loop {
+            let freed = self.freed.notified();
+            {
+                let mut state = self.state();
+                if state.in_flight < state.gradient.limit() {
+                    state.in_flight += 1;
+                    return Permit { limiter: self };
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Learns from one attempt that ended at `now`.
+    pub fn sample(&self, sample: Sample, now: Instant) {
+        let grew = {
+            let mut state = self.state();
+            let before = state.gradient.limit();
+            let in_flight = state.in_flight;
+            state.gradient.sample(sample, in_flight, now);
+            let limit = state.gradient.limit();
+            state.peak_limit = state.peak_limit.max(limit);
+            limit > before
+        };
+        if grew {
+            // Room for more than one, perhaps: everyone waiting looks again.
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> usize {
+        self.state().gradient.limit()
+    }
+
+    /// The highest the limit reached.
+    pub fn peak(&self) -> usize {
+        self.state().peak_limit
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.limiter.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        drop(state);
+        self.limiter.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn places_stop_at_the_limit_and_come_back_when_dropped() {
+        let limiter = Limiter::new(LimitSettings::fixed(2));
+        let a = limiter.acquire().await;
+        let _b = limiter.acquire().await;
+        let third = limiter.acquire();
+        tokio::pin!(third);
+        assert!(futures::poll!(third.as_mut()).is_pending());
+        // Abandoned mid-flight: its place comes back all the same.
+        drop(a);
+        let _c = third.await;
+        assert_eq!(limiter.state().in_flight, 2);
+    }
+
+    #[tokio::test]
+    async fn a_limit_that_grows_lets_the_waiting_in() {
+        let limiter = Limiter::new(LimitSettings {
+            min: 1,
+            max: 100,
+            rate: None,
+            adaptive: true,
+        });
+        let start = limiter.limit();
+        let held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
+        let next = limiter.acquire();
+        tokio::pin!(next);
+        assert!(futures::poll!(next.as_mut()).is_pending());
+        // Steady answers with every place used: slow start grows the limit by one.
+        limiter.sample(Sample::Answered(Duration::from_millis(5)), Instant::now());
+        assert_eq!(limiter.limit(), start + 1);
+        let _in = next.await;
+        assert_eq!(limiter.peak(), start + 1);
+        drop(held);
+    }
+}
