@@ -15,183 +15,62 @@ use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// (case, arguments); each is exported with `--out CASE-{from}-{to}.csv`.
-const CASES: &[(&str, &[&str])] = &[
-    (
-        "attempt-utc",
-        &["--from", "2026-10-01", "--to", "2026-12-01"],
-    ),
+/// (case, arguments split at spaces); each is exported with `--out CASE-{from}-{to}.csv`.
+const CASES: &[(&str, &str)] = &[
+    ("attempt-utc", "--from 2026-10-01 --to 2026-12-01"),
     (
         "attempt-app-two",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--app-id",
-            "app-two",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --app-id app-two",
     ),
     (
         "attempt-both-apps",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--app-id",
-            "app-two",
-            "--app-id",
-            "app-test",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --app-id app-two --app-id app-test",
     ),
     (
         "attempt-shanghai",
-        &[
-            "--from",
-            "2026-10-31",
-            "--to",
-            "2026-11-02",
-            "--timezone",
-            "Asia/Shanghai",
-        ],
+        "--from 2026-10-31 --to 2026-11-02 --timezone Asia/Shanghai",
     ),
     (
         "attempt-instants",
-        &[
-            "--from",
-            "2026-10-31T16:00:00Z",
-            "--to",
-            "2026-11-01T00:00:00.5+00:00",
-        ],
+        "--from 2026-10-31T16:00:00Z --to 2026-11-01T00:00:00.5+00:00",
     ),
-    (
-        "attempt-empty",
-        &["--from", "2025-01-01", "--to", "2025-02-01"],
-    ),
+    ("attempt-empty", "--from 2025-01-01 --to 2025-02-01"),
     (
         "summary-utc",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "summary",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --level summary",
     ),
-    (
-        "day-utc",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "day",
-        ],
-    ),
+    ("day-utc", "--from 2026-10-01 --to 2026-12-01 --level day"),
     (
         "summary-shanghai",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "summary",
-            "--timezone",
-            "Asia/Shanghai",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --level summary --timezone Asia/Shanghai",
     ),
     (
         "summary-plus8",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "summary",
-            "--timezone",
-            "+08:00",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --level summary --timezone +08:00",
     ),
     (
         "summary-minus0530",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "summary",
-            "--timezone",
-            "-05:30",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --level summary --timezone -05:30",
     ),
     (
         "summary-new-york-app-two",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "summary",
-            "--timezone",
-            "America/New_York",
-            "--app-id",
-            "app-two",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --level summary --timezone America/New_York --app-id app-two",
     ),
     (
         "summary-empty",
-        &[
-            "--from",
-            "2025-01-01",
-            "--to",
-            "2025-02-01",
-            "--level",
-            "summary",
-        ],
+        "--from 2025-01-01 --to 2025-02-01 --level summary",
     ),
     (
         "month-utc",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "month",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --level month",
     ),
     (
         "month-shanghai",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "month",
-            "--timezone",
-            "Asia/Shanghai",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --level month --timezone Asia/Shanghai",
     ),
     (
         "month-plus8",
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-12-01",
-            "--level",
-            "month",
-            "--timezone",
-            "+08:00",
-        ],
+        "--from 2026-10-01 --to 2026-12-01 --level month --timezone +08:00",
     ),
 ];
 
@@ -339,8 +218,9 @@ async fn every_level_and_option_writes_the_pinned_bytes(pool: PgPool) {
     seed(&pool).await;
     let dir = tempfile::tempdir().unwrap();
     for (case, args) in CASES {
+        let args: Vec<&str> = args.split(' ').collect();
         let pattern = dir.path().join(format!("{case}-{{from}}-{{to}}.csv"));
-        run(&pool, args, Some(&pattern));
+        run(&pool, &args, Some(&pattern));
         // `{from}` and `{to}` are the bounds' dates in the zone.
         let (from, to) = (args[1].get(..10).unwrap(), args[3].get(..10).unwrap());
         let path = dir.path().join(format!("{case}-{from}-{to}.csv"));
@@ -354,7 +234,7 @@ async fn every_level_and_option_writes_the_pinned_bytes(pool: PgPool) {
             stable_manifest(&manifest).as_bytes(),
         );
         // To standard output, the same bytes.
-        assert_eq!(run(&pool, args, None).stdout, csv, "{case} to stdout");
+        assert_eq!(run(&pool, &args, None).stdout, csv, "{case} to stdout");
     }
 }
 
