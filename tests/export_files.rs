@@ -267,3 +267,69 @@ async fn a_file_size_limit_fails_the_export_and_leaves_the_previous_file(pool: P
         manifest_before
     );
 }
+
+#[sqlx::test]
+async fn losing_the_database_mid_stream_exits_4(pool: PgPool) {
+    db_with_app(&pool).await;
+    // More rows than the pipe and the socket buffers hold (about 25 MB of CSV).
+    sqlx::query(
+        "WITH s AS (
+             INSERT INTO sends (app_id, verification_id, sent_at, state)
+             SELECT 'app-test', 'mid-' || g, timestamptz '2026-10-01' + g * interval '1 second', 'settled'
+             FROM generate_series(1, 160000) g
+             RETURNING id)
+         INSERT INTO attempts (send_id, channel, position, status, amount, settle_pay, settle_currency, reason)
+         SELECT id, 'sms', 1, 0, 0.0350, 0.03283, 'EUR', 'DELIVRD' FROM s",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // To a pipe the test does not read: the export stops reading its rows once the pipe
+    // is full, and PostgreSQL waits to send the rest, mid-COPY, for as long as we want.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_otp-reconcile"))
+        .env("DATABASE_URL", db_url(&pool))
+        .args(["export", "--from", "2026-09-01", "--to", "2027-01-01"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    let since = Instant::now();
+    loop {
+        let terminated: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND application_name = 'otp-reconcile'
+               AND wait_event = 'ClientWrite' AND query LIKE '%COPY%'",
+        )
+        .bind(&database)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if terminated.contains(&true) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the export ended before its rows filled the pipe"
+        );
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "the export never waited to send its rows"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Read on: the export gets the rows that were on their way, then the loss.
+    let output = wait(child).await;
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("otp-reconcile: database error"),
+        "{}",
+        stderr(&output)
+    );
+    let written = String::from_utf8_lossy(&output.stdout);
+    assert!(written.starts_with("app_id,verification_id,"));
+    assert!(
+        written.lines().count() > 1_000,
+        "rows went out before the loss"
+    );
+}
