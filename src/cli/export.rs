@@ -73,7 +73,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<Exit> {
     let (query, out) = args.settings()?;
     #[cfg(unix)]
     let _file_size_signal = shutdown::catch_file_size_signal();
-    let db = args.db.connect_checked().await?;
+    let db = args.db.connect_one_checked().await?;
     let zone = query.timezone;
     if !export::zone_known(&db, zone.sql_name()).await? {
         return Err(ConfigError::Invalid(format!(

@@ -21,7 +21,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<Exit> {
-    let db = args.db.connect_checked().await?;
+    let db = args.db.connect_one_checked().await?;
     let status = status::read(&db, Utc::now(), args.passes.max(0))
         .await
         .map_err(DbError::from)?;
