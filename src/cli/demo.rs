@@ -131,13 +131,9 @@ async fn fresh_start(
     max_age: std::time::Duration,
 ) -> Result<DateTime<Utc>, sqlx::Error> {
     let earliest = clock::before(Utc::now(), max_age) - chrono::Duration::hours(3);
-    db.counted(1);
-    let taken: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT greatest((SELECT max(sent_at) FROM sends),
-                         (SELECT max(window_start + window_length) FROM conversion_rates))",
-    )
-    .fetch_one(db.pool())
-    .await?;
+    let taken = db::sends::last_sent_at(db)
+        .await?
+        .max(db::rates::last_window_end(db).await?);
     Ok(taken.map_or(earliest, |t| earliest.max(t + chrono::Duration::seconds(1))))
 }
 

@@ -215,3 +215,11 @@ pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<i64, sqlx::Error
            AND (state = 'pending' OR lease_token IS NOT NULL)";
     crate::db::count_old(db, statement, before).await
 }
+
+/// Where the latest computed window ends (`None` when none is).
+pub async fn last_window_end(db: &Db) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_scalar("SELECT max(window_start + window_length) FROM conversion_rates")
+        .fetch_one(db.pool())
+        .await
+}

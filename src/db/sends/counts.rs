@@ -199,3 +199,12 @@ pub async fn leases(db: &Db, now: DateTime<Utc>) -> Result<Leases, sqlx::Error> 
         abandoned: row.try_get("abandoned_leases")?,
     })
 }
+
+/// The latest `sent_at` of any send (`None` when there are none): through the
+/// `sent_at` index, one entry read.
+pub async fn last_sent_at(db: &Db) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    db.counted(1);
+    sqlx::query_scalar("SELECT max(sent_at) FROM sends")
+        .fetch_one(db.pool())
+        .await
+}
