@@ -344,13 +344,7 @@ async fn postbacks_abandoned_when_the_grace_runs_out_are_released_in_doubt(pool:
             interrupt.cancel();
         }
     };
-    let deps = otp_reconcile::pass::Deps {
-        db: &db,
-        client: &client,
-        clock: otp_reconcile::clock::system(),
-        interrupt,
-        progress: otp_reconcile::progress::Progress::hidden(),
-    };
+    let deps = deps(&db, &client, otp_reconcile::clock::system(), interrupt);
     let (summary, ()) = tokio::join!(otp_reconcile::pass::run(deps, &settings), stopper);
     let summary = summary.unwrap();
     assert_eq!(summary.ended, Ended::Interrupted);

@@ -5,8 +5,7 @@
 mod common;
 
 use common::*;
-use otp_reconcile::pass::{self, Deps, Ended};
-use otp_reconcile::progress::Progress;
+use otp_reconcile::pass::{self, Ended};
 use otp_reconcile_simulator::{Fault, Faults, RecordConfig, SimConfig, SimHandle, Simulator};
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -154,13 +153,7 @@ async fn in_flight_requests_are_abandoned_when_the_grace_runs_out(pool: PgPool) 
         }
     };
     let started = Instant::now();
-    let deps = Deps {
-        db: &db,
-        client: &client,
-        clock: otp_reconcile::clock::system(),
-        interrupt,
-        progress: Progress::hidden(),
-    };
+    let deps = deps(&db, &client, otp_reconcile::clock::system(), interrupt);
     let (summary, ()) = tokio::join!(pass::run(deps, &settings), stopper);
     let summary = summary.unwrap();
     // Not waiting for the answers: they would take ten minutes.

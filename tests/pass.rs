@@ -202,13 +202,7 @@ async fn still_sending_and_unknown_ids_come_back_later_and_then_settle_or_are_re
     // Two minutes later (a clock ahead, not a sleep) the re-checks are due.
     let later = Arc::new(SkewedClock(chrono::Duration::minutes(3)));
     let summary = otp_reconcile::pass::run(
-        otp_reconcile::pass::Deps {
-            db: &db,
-            client: &client,
-            clock: later,
-            interrupt: Default::default(),
-            progress: otp_reconcile::progress::Progress::hidden(),
-        },
+        deps(&db, &client, later, Default::default()),
         &quick_settings(16),
     )
     .await

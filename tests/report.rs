@@ -8,8 +8,7 @@ use common::*;
 use otp_reconcile::db::Db;
 use otp_reconcile::db::sends::{self, NewSend, Range};
 use otp_reconcile::export::{self, Level, Query};
-use otp_reconcile::pass::{self, Deps, PassSettings};
-use otp_reconcile::progress::Progress;
+use otp_reconcile::pass::{self, PassSettings};
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Record;
 use otp_reconcile_simulator::{
@@ -431,16 +430,7 @@ async fn replay(
     client: &ProviderClient,
     range: &Range,
 ) -> (pass::Summary, otp_reconcile::db::revisions::Report) {
-    let deps = Deps {
-        db,
-        client,
-        clock: otp_reconcile::clock::system(),
-        interrupt: Default::default(),
-        progress: Progress::hidden(),
-    };
-    pass::replay(deps, &quick_settings(32), range)
-        .await
-        .unwrap()
+    run_replay(db, client, &quick_settings(32), range).await
 }
 
 async fn snapshot(pool: &PgPool) -> Vec<String> {

@@ -10,8 +10,7 @@ use common::*;
 use otp_reconcile::db::Db;
 use otp_reconcile::db::revisions::Report;
 use otp_reconcile::db::sends::Range;
-use otp_reconcile::pass::{self, Deps, Ended, PassSettings, Summary};
-use otp_reconcile::progress::Progress;
+use otp_reconcile::pass::{Ended, PassSettings, Summary};
 use otp_reconcile::provider::{Failure, ProviderClient, RetryPolicy};
 use otp_reconcile_simulator::{
     DEMO_API_KEY, DEMO_API_SECRET, Fault, FaultRates, Faults, RecordConfig, SimConfig, SimHandle,
@@ -327,14 +326,7 @@ fn replay_settings() -> PassSettings {
 }
 
 async fn replay(db: &Db, client: &ProviderClient, range: &Range) -> (Summary, Report) {
-    let deps = Deps {
-        db,
-        client,
-        clock: otp_reconcile::clock::system(),
-        interrupt: Default::default(),
-        progress: Progress::hidden(),
-    };
-    pass::replay(deps, &replay_settings(), range).await.unwrap()
+    run_replay(db, client, &replay_settings(), range).await
 }
 
 /// `n` sends sent two hours ago, all settled by a first pass.

@@ -95,19 +95,41 @@ pub fn quick_settings(concurrency: usize) -> PassSettings {
     }
 }
 
+/// What a pass is given in tests: this database and client, this clock, this
+/// interrupt, no progress bar.
+pub fn deps<'a>(
+    db: &'a Db,
+    client: &'a ProviderClient,
+    clock: clock::SharedClock,
+    interrupt: CancellationToken,
+) -> Deps<'a> {
+    Deps {
+        db,
+        client,
+        clock,
+        interrupt,
+        progress: Progress::hidden(),
+    }
+}
+
 pub async fn run_pass(db: &Db, client: &ProviderClient, settings: &PassSettings) -> Summary {
-    pass::run(
-        Deps {
-            db,
-            client,
-            clock: clock::system(),
-            interrupt: CancellationToken::new(),
-            progress: Progress::hidden(),
-        },
-        settings,
-    )
-    .await
-    .expect("the pass ends without a database error")
+    let deps = deps(db, client, clock::system(), CancellationToken::new());
+    pass::run(deps, settings)
+        .await
+        .expect("the pass ends without a database error")
+}
+
+/// A replay of `range` on the system clock.
+pub async fn run_replay(
+    db: &Db,
+    client: &ProviderClient,
+    settings: &PassSettings,
+    range: &otp_reconcile::db::sends::Range,
+) -> (Summary, otp_reconcile::db::revisions::Report) {
+    let deps = deps(db, client, clock::system(), CancellationToken::new());
+    pass::replay(deps, settings, range)
+        .await
+        .expect("the replay ends without a database error")
 }
 
 /// Waits until the simulator has received at least `n` requests: tests move on by the
@@ -136,13 +158,7 @@ pub async fn run_pass_jumping_clock(
     by: Duration,
 ) -> Summary {
     let clock = std::sync::Arc::new(clock::AdjustableClock::default());
-    let deps = Deps {
-        db,
-        client,
-        clock: clock.clone(),
-        interrupt: CancellationToken::new(),
-        progress: Progress::hidden(),
-    };
+    let deps = deps(db, client, clock.clone(), CancellationToken::new());
     let driver = async {
         until_requests(sim, after_requests).await;
         clock.advance(by);
