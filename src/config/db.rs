@@ -41,9 +41,7 @@ impl DbArgs {
 
     /// Connects and refuses a schema this binary does not know.
     pub async fn connect_checked(&self) -> Result<Db, DbError> {
-        let db = self.connect().await?;
-        db::check_schema(&db).await?;
-        Ok(db)
+        checked(self.connect().await?).await
     }
 
     /// [`DbArgs::connect_checked`] with a pool of one connection, for a command that
@@ -52,8 +50,12 @@ impl DbArgs {
     /// connection is back in the pool, and over TLS each connection costs about 90 ms
     /// (sqlx 0.9.0 leaves Nagle's algorithm on during the handshake).
     pub async fn connect_one_checked(&self) -> Result<Db, DbError> {
-        let db = db::connect(&self.database_url, 1).await?;
-        db::check_schema(&db).await?;
-        Ok(db)
+        checked(db::connect(&self.database_url, 1).await?).await
     }
+}
+
+/// `db`, once its schema is one this binary knows.
+async fn checked(db: Db) -> Result<Db, DbError> {
+    db::check_schema(&db).await?;
+    Ok(db)
 }

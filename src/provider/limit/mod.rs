@@ -79,7 +79,12 @@ impl Limiter {
     /// Waits for a place under the limit.
     pub async fn acquire(&self) -> Permit<'_> {
         loop {
+            // Registered as a waiter before looking, so a place freed between the look
+            // and the wait is not missed (`notify_one` only reaches registered waiters,
+            // or leaves a single permit).
             let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             {
                 let mut state = self.state();
                 if state.in_flight < state.gradient.limit() {
@@ -124,7 +129,9 @@ impl Drop for Permit<'_> {
         let mut state = self.limiter.state();
         state.in_flight = state.in_flight.saturating_sub(1);
         drop(state);
-        self.limiter.freed.notify_waiters();
+        // One place freed: one waiter (or, if none waits yet, the next to look) takes
+        // it. Waking all of them for one place would cost every release the whole queue.
+        self.limiter.freed.notify_one();
     }
 }
 
@@ -144,6 +151,20 @@ mod tests {
         // Abandoned mid-flight: its place comes back all the same.
         drop(a);
         let _c = third.await;
+        assert_eq!(limiter.state().in_flight, 2);
+    }
+
+    #[tokio::test]
+    async fn every_place_given_back_lets_one_waiter_in() {
+        let limiter = Limiter::new(LimitSettings::fixed(2));
+        let a = limiter.acquire().await;
+        let b = limiter.acquire().await;
+        let (third, fourth) = (limiter.acquire(), limiter.acquire());
+        tokio::pin!(third, fourth);
+        assert!(futures::poll!(third.as_mut()).is_pending());
+        assert!(futures::poll!(fourth.as_mut()).is_pending());
+        drop((a, b));
+        let (_c, _d) = tokio::join!(third, fourth);
         assert_eq!(limiter.state().in_flight, 2);
     }
 
