@@ -30,6 +30,10 @@ pub struct PassSettings {
     /// The in-flight limit follows the provider's latency (`provider::limit`); off
     /// (`--fixed-concurrency`), it is `concurrency` always.
     pub adaptive: bool,
+    /// Resident memory, in MiB, above which the adaptive limit backs off and stops
+    /// growing; `None` for no budget (the library's default; the CLI's is
+    /// [`DEFAULT_MEMORY_BUDGET_MIB`]).
+    pub memory_budget_mib: Option<u64>,
     /// Requests per second for the whole pass; `None` for no limit.
     pub rate: Option<f64>,
     pub burst: u32,
@@ -71,6 +75,7 @@ impl Default for PassSettings {
             writers: 2,
             concurrency: DEFAULT_CONCURRENCY,
             adaptive: true,
+            memory_budget_mib: None,
             rate: None,
             burst: 1,
             lease: Duration::from_secs(300),
@@ -110,6 +115,10 @@ impl PassSettings {
 /// ceiling bounds the memory a pass can hold: about 50 KiB per request in flight
 /// (connection and buffers), so 768 keeps a pass under 64 MiB (README, "Concurrency").
 pub const DEFAULT_CONCURRENCY: usize = 768;
+/// The default memory budget of a pass, in MiB: the adaptive limit stops growing when
+/// the process's resident memory passes it, so a pass stays within a 64 MiB container
+/// limit (README, "Concurrency").
+pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 56;
 /// Sends claimed at a time and written per transaction: enough to keep the default
 /// ceiling busy between claims, and fewer statements per send.
 pub const DEFAULT_BATCH_SIZE: usize = 1_000;
@@ -135,6 +144,10 @@ pub struct PassArgs {
     /// Keep exactly --concurrency requests in flight instead of adapting.
     #[arg(long, env = "PASS_FIXED_CONCURRENCY")]
     pub fixed_concurrency: bool,
+    /// Resident memory (MiB) above which the in-flight limit backs off and stops
+    /// growing (0: no budget). Not applied with --fixed-concurrency.
+    #[arg(long, env = "PASS_MEMORY_BUDGET", default_value_t = DEFAULT_MEMORY_BUDGET_MIB, value_name = "MIB")]
+    pub memory_budget: u64,
     /// Requests per second for the whole pass (fractions allowed); unlimited if unset.
     #[arg(long, env = "PASS_RATE")]
     pub rate: Option<f64>,
@@ -309,6 +322,7 @@ impl PassArgs {
             writers: self.writers,
             concurrency: self.concurrency,
             adaptive: !self.fixed_concurrency,
+            memory_budget_mib: Some(self.memory_budget).filter(|&m| m > 0),
             rate: self.rate.map(|r| r / f64::from(of)),
             burst: (self.burst / of).max(1),
             shard,

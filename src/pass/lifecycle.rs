@@ -120,6 +120,7 @@ async fn work(deps: &Deps<'_>, settings: &PassSettings, task: &Task, pass_id: i6
             max: settings.concurrency,
             rate: settings.rate,
             adaptive: settings.adaptive,
+            memory_budget: settings.memory_budget_mib.map(|m| m * 1024 * 1024),
         });
     let calls = Calls::new(deps.client, &gate, &settings.retry, &stop, &abort);
     let scope = settings.scope();

@@ -38,6 +38,9 @@ pub struct LimitSettings {
     pub rate: Option<f64>,
     /// Adaptive; when false the limit is `max`, always (the old fixed `--concurrency`).
     pub adaptive: bool,
+    /// The resident memory (bytes) above which the limit backs off and stops growing
+    /// (see [`Gradient::over_memory`]); `None` for no budget.
+    pub memory_budget: Option<u64>,
 }
 
 impl LimitSettings {
@@ -48,6 +51,7 @@ impl LimitSettings {
             max: n.max(1),
             rate: None,
             adaptive: false,
+            memory_budget: None,
         }
     }
 }
@@ -69,6 +73,9 @@ pub struct Gradient {
     slow_start: bool,
     /// When the limit may next back off (one back-off per latency).
     backoff_after: Option<Instant>,
+    /// The highest the limit may go given the memory the process holds: lowered by
+    /// [`Gradient::over_memory`], never raised (`INFINITY` until then).
+    memory_ceiling: f64,
 }
 
 /// Where the limit starts before any answer: slow start doubles it every round trip
@@ -95,7 +102,23 @@ impl Gradient {
             window_started: None,
             slow_start: true,
             backoff_after: None,
+            memory_ceiling: f64::INFINITY,
         }
+    }
+
+    /// The process holds more memory than its budget, and more than when this was
+    /// last said: the limit backs off (as for a timeout) and never grows back past
+    /// where it now stands. Requests in flight are most of what a pass holds (a
+    /// connection, its buffers, the answer), so fewer of them hold less; memory that
+    /// stops growing once over the budget costs nothing more.
+    pub fn over_memory(&mut self) {
+        if !self.settings.adaptive {
+            return;
+        }
+        self.slow_start = false;
+        self.limit *= BACKOFF;
+        self.memory_ceiling = self.memory_ceiling.min(self.limit.floor().max(1.0));
+        self.bound();
     }
 
     /// The current limit.
@@ -161,17 +184,16 @@ impl Gradient {
     }
 
     fn bound(&mut self) {
-        let mut max = self.settings.max.max(1) as f64;
+        let min = self.settings.min.max(1) as f64;
+        let mut max = (self.settings.max.max(1) as f64)
+            .min(self.memory_ceiling)
+            .max(min);
         // Little's law: `rate × latency` requests are in flight at the rate; twice that
         // leaves room for the latency to vary without holding memory for nothing.
         if let (Some(rate), Some(short)) = (self.settings.rate, self.short) {
-            max = max.min(
-                (2.0 * rate * short)
-                    .ceil()
-                    .max(self.settings.min.max(1) as f64),
-            );
+            max = max.min((2.0 * rate * short).ceil().max(min));
         }
-        self.limit = self.limit.clamp(self.settings.min.max(1) as f64, max);
+        self.limit = self.limit.clamp(min, max);
     }
 }
 
@@ -185,6 +207,7 @@ mod tests {
             max,
             rate: None,
             adaptive: true,
+            memory_budget: None,
         }
     }
 
@@ -323,6 +346,25 @@ mod tests {
         drive(&mut g, 5_000, |_| Duration::from_millis(300));
         // 500/s × 0.3 s = 150 in flight; twice that at most.
         assert_eq!(g.limit(), 300);
+    }
+
+    #[test]
+    fn over_its_memory_budget_the_limit_backs_off_and_stays_under() {
+        let mut g = Gradient::new(adaptive(1_000));
+        drive(&mut g, 4_000, |_| Duration::from_millis(300));
+        assert_eq!(g.limit(), 1_000);
+        g.over_memory();
+        assert_eq!(g.limit(), 900);
+        // Steady answers would grow it again; the memory ceiling holds it.
+        drive(&mut g, 4_000, |_| Duration::from_millis(300));
+        assert_eq!(g.limit(), 900);
+        // Still growing over the budget: lower again.
+        g.over_memory();
+        assert_eq!(g.limit(), 810);
+        // A fixed limit is the user's choice: memory does not move it.
+        let mut fixed = Gradient::new(LimitSettings::fixed(32));
+        fixed.over_memory();
+        assert_eq!(fixed.limit(), 32);
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //! - it does not grow while fewer than half its places are used (the pass is limited
 //!   by something else: the rate, the claim, the end of the work);
 //! - it stays within `[min, max]`: `max` is `--concurrency`, and with a rate limit it
-//!   never exceeds twice what Little's law needs (`rate × latency`).
+//!   never exceeds twice what Little's law needs (`rate × latency`);
+//! - with a memory budget (`--memory-budget`), the process's resident memory is read
+//!   every [`MEMORY_CHECK_EVERY`]; over the budget and higher than at the last look,
+//!   the limit backs off and never grows back past where it then stands.
 //!
 //! [`Gradient`] is the arithmetic alone, driven by samples and the times given to it,
 //! so tests need no clock; [`Limiter`] holds it behind the permits the gate hands out.
@@ -33,8 +36,15 @@ pub use gradient::{
     BACKOFF, BASELINE_WINDOW, Gradient, LimitSettings, SHORT_SAMPLES, SMOOTHING, Sample, TOLERANCE,
 };
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// How often, at most, the limiter reads the process's resident memory.
+pub const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// Reads the process's resident memory, in bytes.
+pub type MemoryProbe = fn() -> Option<u64>;
 
 /// The places: at most `limit()` calls hold one at a time. A call (one item's request
 /// with its retries, as a worker of a fixed `--concurrency` was) holds its place from
@@ -50,6 +60,34 @@ struct State {
     gradient: Gradient,
     in_flight: usize,
     peak_limit: usize,
+    memory: Option<Memory>,
+}
+
+/// The memory budget, and what the limiter last read of the process's memory.
+#[derive(Debug)]
+struct Memory {
+    budget: u64,
+    probe: MemoryProbe,
+    next_check: Option<Instant>,
+    /// The resident memory when the limit last backed off for it.
+    backed_off_at: u64,
+}
+
+impl Memory {
+    /// Whether the process is over its budget and has grown since the last back-off.
+    fn over(&mut self, now: Instant) -> bool {
+        if self.next_check.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.next_check = Some(now + MEMORY_CHECK_EVERY);
+        match (self.probe)() {
+            Some(rss) if rss > self.budget && rss > self.backed_off_at => {
+                self.backed_off_at = rss;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One call's place under the limit; given back when dropped (a call abandoned
@@ -61,12 +99,27 @@ pub struct Permit<'a> {
 
 impl Limiter {
     pub fn new(settings: LimitSettings) -> Self {
+        Self::with_probe(settings, resident_bytes)
+    }
+
+    /// The same, reading the process's memory with `probe` (tests give their own).
+    pub fn with_probe(settings: LimitSettings, probe: MemoryProbe) -> Self {
         let gradient = Gradient::new(settings);
+        let memory = settings
+            .memory_budget
+            .filter(|_| settings.adaptive)
+            .map(|budget| Memory {
+                budget,
+                probe,
+                next_check: None,
+                backed_off_at: 0,
+            });
         Self {
             state: Mutex::new(State {
                 peak_limit: gradient.limit(),
                 gradient,
                 in_flight: 0,
+                memory,
             }),
             freed: Notify::new(),
         }
@@ -103,6 +156,9 @@ impl Limiter {
             let before = state.gradient.limit();
             let in_flight = state.in_flight;
             state.gradient.sample(sample, in_flight, now);
+            if state.memory.as_mut().is_some_and(|m| m.over(now)) {
+                state.gradient.over_memory();
+            }
             let limit = state.gradient.limit();
             state.peak_limit = state.peak_limit.max(limit);
             limit > before
@@ -122,6 +178,15 @@ impl Limiter {
     pub fn peak(&self) -> usize {
         self.state().peak_limit
     }
+}
+
+/// The process's resident memory (Linux `/proc/self/statm`), in bytes.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it answers -1 for an unknown name.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().map(|page| pages * page)
 }
 
 impl Drop for Permit<'_> {
@@ -175,6 +240,7 @@ mod tests {
             max: 100,
             rate: None,
             adaptive: true,
+            memory_budget: None,
         });
         let start = limiter.limit();
         let held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
@@ -187,5 +253,55 @@ mod tests {
         let _in = next.await;
         assert_eq!(limiter.peak(), start + 1);
         drop(held);
+    }
+
+    static RSS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    #[tokio::test]
+    async fn memory_over_the_budget_and_growing_takes_places_away() {
+        use std::sync::atomic::Ordering;
+        let limiter = Limiter::with_probe(
+            LimitSettings {
+                min: 1,
+                max: 100,
+                rate: None,
+                adaptive: true,
+                memory_budget: Some(1_000),
+            },
+            || Some(RSS.load(Ordering::Relaxed)),
+        );
+        let start = limiter.limit();
+        let _held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
+        let t = Instant::now();
+        let answer = Sample::Answered(Duration::from_millis(5));
+        // Under the budget: slow start, one more per answer.
+        RSS.store(900, Ordering::Relaxed);
+        limiter.sample(answer, t);
+        assert_eq!(limiter.limit(), start + 1);
+        // Over it, but read only once per MEMORY_CHECK_EVERY: the next answer within
+        // that time still grows the limit.
+        RSS.store(2_000, Ordering::Relaxed);
+        limiter.sample(answer, t + Duration::from_millis(1));
+        assert_eq!(limiter.limit(), start + 2);
+        let later = t + MEMORY_CHECK_EVERY + Duration::from_millis(1);
+        limiter.sample(answer, later);
+        let capped = limiter.limit();
+        assert!(capped < start + 2, "{capped}");
+        // Over the budget but no longer growing: held where it is, not lowered further.
+        for i in 2..10 {
+            limiter.sample(answer, later + MEMORY_CHECK_EVERY * i);
+        }
+        assert_eq!(limiter.limit(), capped);
+        // Growing again: lower once more.
+        RSS.store(3_000, Ordering::Relaxed);
+        limiter.sample(answer, later + MEMORY_CHECK_EVERY * 20);
+        assert!(limiter.limit() < capped);
+    }
+
+    #[test]
+    fn the_resident_memory_of_this_process_is_read() {
+        let rss = resident_bytes().expect("Linux /proc/self/statm");
+        // A test binary holds more than a megabyte and less than a terabyte.
+        assert!((1 << 20..1 << 40).contains(&rss), "{rss}");
     }
 }
