@@ -24,8 +24,8 @@
 //! - it stays within `[min, max]`: `max` is `--concurrency`, and with a rate limit it
 //!   never exceeds twice what Little's law needs (`rate × latency`);
 //! - with a memory budget (`--memory-budget`), the process's resident memory is read
-//!   every [`MEMORY_CHECK_EVERY`]; over the budget and higher than at the last look,
-//!   the limit backs off and never grows back past where it then stands.
+//!   every [`MEMORY_CHECK_EVERY`]; over the budget and a step higher than at the last
+//!   back-off, the limit backs off and never grows back past where it then stands.
 //!
 //! [`Gradient`] is the arithmetic alone, driven by samples and the times given to it,
 //! so tests need no clock; [`Limiter`] holds it behind the permits the gate hands out.
@@ -42,6 +42,10 @@ use tokio::time::Instant;
 
 /// How often, at most, the limiter reads the process's resident memory.
 pub const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// Over the budget, the limit backs off again only once the memory has grown by
+/// another `budget / MEMORY_STEPS` since the last back-off.
+pub const MEMORY_STEPS: u64 = 16;
 
 /// Reads the process's resident memory, in bytes.
 pub type MemoryProbe = fn() -> Option<u64>;
@@ -74,14 +78,18 @@ struct Memory {
 }
 
 impl Memory {
-    /// Whether the process is over its budget and has grown since the last back-off.
+    /// Whether the process is over its budget and has grown by a step since the last
+    /// back-off.
     fn over(&mut self, now: Instant) -> bool {
         if self.next_check.is_some_and(|t| now < t) {
             return false;
         }
         self.next_check = Some(now + MEMORY_CHECK_EVERY);
+        // Growth smaller than a step is the allocator's drift, not requests: backing
+        // off for each would take the limit down to nothing while the memory stands.
+        let step = self.budget / MEMORY_STEPS;
         match (self.probe)() {
-            Some(rss) if rss > self.budget && rss > self.backed_off_at => {
+            Some(rss) if rss > self.budget && rss >= self.backed_off_at + step => {
                 self.backed_off_at = rss;
                 true
             }
@@ -287,10 +295,14 @@ mod tests {
         limiter.sample(answer, later);
         let capped = limiter.limit();
         assert!(capped < start + 2, "{capped}");
-        // Over the budget but no longer growing: held where it is, not lowered further.
+        // Over the budget, not growing: held where it is, not lowered further.
         for i in 2..10 {
             limiter.sample(answer, later + MEMORY_CHECK_EVERY * i);
         }
+        assert_eq!(limiter.limit(), capped);
+        // Drifting up by less than a step (budget / MEMORY_STEPS): held all the same.
+        RSS.store(2_010, Ordering::Relaxed);
+        limiter.sample(answer, later + MEMORY_CHECK_EVERY * 15);
         assert_eq!(limiter.limit(), capped);
         // Growing again: lower once more.
         RSS.store(3_000, Ordering::Relaxed);
