@@ -114,6 +114,19 @@ async fn a_dead_provider_stops_the_pass_with_every_send_untouched(pool: PgPool) 
     }
 }
 
+/// Three sends spend their retries (15 requests, about 3 s of backoff) before the
+/// breaker's first 10 s window has passed: the pass is judged again at its end.
+#[sqlx::test]
+async fn a_dead_provider_with_a_small_backlog_still_ends_provider_unavailable(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(3, "down")).await;
+    let before = send_rows(&pool).await;
+    let summary = run_pass(&db, &dead_provider(), &with_default_retries()).await;
+    assert_stopped_untouched(&pool, &summary, &before).await;
+    let error = summary.error.clone().unwrap();
+    assert!(error.contains("could not connect"), "{error}");
+}
+
 #[sqlx::test]
 async fn a_proxy_answering_400_without_json_rejects_no_send_and_opens_the_breaker(pool: PgPool) {
     let db = db_with_app(&pool).await;

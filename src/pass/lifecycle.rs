@@ -179,7 +179,7 @@ async fn work(deps: &Deps<'_>, settings: &PassSettings, task: &Task, pass_id: i6
             || result.as_ref().is_ok_and(|end| *end == StageEnd::CutShort),
         result: result.map(|_| ()),
         fatal: calls.take_fatal(),
-        tripped: gate.tripped(),
+        tripped: gate.tripped_at_end(),
         requests: gate.admitted(),
         in_flight_limit_peak: gate.in_flight_limit().1,
         counters,

@@ -10,6 +10,10 @@
 //!   whole `window` (a slow rate or long timeouts never fill a window; a few items that
 //!   fail alone at the end of a healthy pass do not open it).
 //!
+//! A pass that ends before a window has passed is judged once more at its end (see
+//! [`Breaker::judge_end`]): `min_failures` failures in a row and no answer at all, ever,
+//! open it then.
+//!
 //! Timeouts count only toward the second rule (a busy machine times requests out while
 //! the provider answers others); 429s say nothing either way. Times are passed in, so
 //! tests drive them.
@@ -178,6 +182,27 @@ impl Breaker {
             last_cause: inner.last_cause.clone(),
         });
         true
+    }
+
+    /// At the end of the pass: opens the breaker if the last `min_failures` requests
+    /// failed in a row and none was ever answered. A small backlog against a provider
+    /// that is down spends its retries before a whole window has passed; the pass must
+    /// still say the provider was unavailable, not that it is done. Answers why the
+    /// breaker is open, if it is.
+    pub fn judge_end(&self) -> Option<Trip> {
+        let mut inner = self.lock();
+        if inner.trip.is_none()
+            && inner.last_answered.is_none()
+            && inner.streak >= self.settings.min_failures.max(1)
+        {
+            inner.trip = Some(Trip {
+                failed: inner.streak,
+                of: inner.streak,
+                span: "in a row, and none was answered in the whole pass".to_owned(),
+                last_cause: inner.last_cause.clone(),
+            });
+        }
+        inner.trip.clone()
     }
 
     /// Why the breaker opened, if it did.
@@ -355,5 +380,32 @@ mod tests {
             b.record(at, health, cause);
         }
         assert_eq!(b.tripped(), None, "4 in a row at most, 2 or 3 per window");
+    }
+
+    #[test]
+    fn a_pass_that_ends_before_a_window_is_judged_at_its_end() {
+        let t0 = T0.with(|t| *t);
+        let b = breaker();
+        for i in 0..10 {
+            assert!(!b.record(t0 + Duration::from_millis(i), Health::Failing, cause));
+        }
+        // Within the first window: not judged yet; at the end of the pass, it is.
+        assert!(b.tripped().is_none());
+        let trip = b.judge_end().expect("opened at the end");
+        assert_eq!((trip.failed, trip.of), (10, 10));
+        assert_eq!(trip.last_cause, "could not connect");
+
+        // One answer in the pass: the provider was up; nine failures: too few.
+        let answered = breaker();
+        answered.record(t0, Health::Answered, cause);
+        for i in 1..20 {
+            answered.record(t0 + Duration::from_millis(i), Health::Failing, cause);
+        }
+        assert!(answered.judge_end().is_none());
+        let few = breaker();
+        for i in 0..9 {
+            few.record(t0 + Duration::from_millis(i), Health::Failing, cause);
+        }
+        assert!(few.judge_end().is_none());
     }
 }

@@ -106,6 +106,12 @@ impl Gate {
         self.breaker.tripped()
     }
 
+    /// Why the breaker opened, judged once more now the pass has ended
+    /// ([`Breaker::judge_end`]).
+    pub fn tripped_at_end(&self) -> Option<Trip> {
+        self.breaker.judge_end()
+    }
+
     /// True when the provider answered nothing within the breaker's window: a failure
     /// now says nothing about the item it was about.
     pub fn provider_silent(&self) -> bool {
