@@ -79,11 +79,11 @@ pub struct Gradient {
 }
 
 /// Where the limit starts before any answer: slow start doubles it every round trip
-/// (768 within six). Not higher: against a provider that is down, fewer sends run
-/// their retries side by side, so the circuit breaker's first window (10 s) has passed
-/// before a small backlog has used up its retries, and the pass stops with
-/// provider_unavailable (exit 6) instead of ending "done". At 64, 100 sends against a
-/// dead provider were through all their retries in 9.8 s (resilience tests).
+/// (768 within six). Not higher: the breaker judges only once its first window (10 s)
+/// has passed (and again at the end of the pass), and under a 5xx storm more places
+/// from the start spend more sends' retries before it opens: at 64, over a fifth of a
+/// 500-send backlog was through its retries by then under stress-ng
+/// (`a_5xx_storm_opens_the_breaker`). At 300 ms, 64 would reach 768 about 0.5 s sooner.
 const START: usize = 20;
 
 impl Gradient {
