@@ -45,10 +45,9 @@ impl DbArgs {
     }
 
     /// [`DbArgs::connect_checked`] with a pool of one connection, for a command that
-    /// runs its statements one after another (`status`, `export`). A pool of more
-    /// opens a second connection whenever a statement starts before the last one's
-    /// connection is back in the pool, and over TLS each connection costs about 90 ms
-    /// (sqlx 0.9.0 leaves Nagle's algorithm on during the handshake).
+    /// runs its statements one after another (`status`, `export`): it needs no more,
+    /// and each connection costs a backend and, over TLS, a handshake (see
+    /// [`db::connect`]).
     pub async fn connect_one_checked(&self) -> Result<Db, DbError> {
         checked(db::connect(&self.database_url, 1).await?).await
     }
