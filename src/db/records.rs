@@ -179,7 +179,7 @@ async fn store_records(
         "INSERT INTO records (send_id, matched, verified_at, ori_receiver, channel, order_id,
                               flow_id, mcc, still_sending, raw, first_stored_at, changed_at)
          SELECT u.send_id, u.matched, u.verified_at, u.ori_receiver, u.channel, u.order_id,
-                u.flow_id, u.mcc, u.still_sending, u.raw::jsonb, $1, $1
+                u.flow_id, u.mcc, u.still_sending, u.raw::json, $1, $1
          FROM unnest($2::bigint[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[],
                      $7::text[], $8::bigint[], $9::bigint[], $10::bool[], $11::text[])
               AS u(send_id, matched, verified_at, ori_receiver, channel, order_id, flow_id,
@@ -190,7 +190,8 @@ async fn store_records(
              order_id = EXCLUDED.order_id, flow_id = EXCLUDED.flow_id, mcc = EXCLUDED.mcc,
              still_sending = EXCLUDED.still_sending, raw = EXCLUDED.raw,
              changed_at = EXCLUDED.changed_at
-         WHERE records.raw IS DISTINCT FROM EXCLUDED.raw
+         WHERE records.raw::text IS DISTINCT FROM EXCLUDED.raw::text
+           AND records.raw::jsonb IS DISTINCT FROM EXCLUDED.raw::jsonb
          RETURNING send_id, xmax = 0 AS inserted",
     )
     .bind(now)
