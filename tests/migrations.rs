@@ -58,6 +58,14 @@ const PINNED: &[(i64, &str)] = &[
         20261128000041,
         "c55ccbdaf57630c873739af05b4d732a433532f33d8e890fcd88d6a7011d6c2ea21de5e76ce31f1afc28e50cc92a0607",
     ),
+    (
+        20261128000050,
+        "3c1512416c8e39f238c4c59e6cceec5d0320199c5b18458afe0f300265b06845497d1350df00d830d37ce39a72dc21ec",
+    ),
+    (
+        20261128000051,
+        "42a16f6c98b33628726eb39f631123f70ec9b3bf21e0f9cfc62af8df50357f5afea29919b46afd5895dad2aaf69ee506",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).

@@ -140,38 +140,59 @@ pub async fn store(
     if fetched.is_empty() || held.is_empty() {
         return Ok(Stored::default());
     }
-    let records = store_records(conn, now, fetched, held).await?;
-    let attempts = store_attempts(conn, fetched, held).await?;
+    // Only the sends held, filtered here: a filter `= ANY(held)` in SQL compares every
+    // row with every id.
+    let held: HashSet<i64> = held.iter().copied().collect();
+    let fetched: Vec<(i64, &Fetched)> = fetched
+        .iter()
+        .filter(|(id, _)| held.contains(id))
+        .copied()
+        .collect();
+    if fetched.is_empty() {
+        return Ok(Stored::default());
+    }
+    let (records, inserted) = store_records(conn, now, &fetched).await?;
+    // A send whose record was inserted now had none, so it has no attempts to compare
+    // with, replace or subtract from the spend: only the others are read.
+    let inserted: HashSet<i64> = inserted.into_iter().collect();
+    let before: Vec<i64> = fetched
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !inserted.contains(id))
+        .collect();
+    let attempts = store_attempts(conn, &fetched, &before).await?;
     Ok(Stored { records, attempts })
 }
 
+/// Inserts or updates the records of `fetched` (sends held, each once); answers how many
+/// were written and the sends whose record was inserted (none before).
 async fn store_records(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     fetched: &[(i64, &Fetched)],
-    held: &[i64],
-) -> Result<u64, sqlx::Error> {
+) -> Result<(u64, Vec<i64>), sqlx::Error> {
     let rows: Vec<_> = fetched
         .iter()
         .map(|(id, f)| (*id, &f.record, &f.raw))
         .collect();
-    let result = sqlx::query(
+    let result: Vec<(i64, bool)> = sqlx::query_as(
         "INSERT INTO records (send_id, matched, verified_at, ori_receiver, channel, order_id,
                               flow_id, mcc, still_sending, raw, first_stored_at, changed_at)
          SELECT u.send_id, u.matched, u.verified_at, u.ori_receiver, u.channel, u.order_id,
-                u.flow_id, u.mcc, u.still_sending, u.raw::jsonb, $1, $1
+                u.flow_id, u.mcc, u.still_sending, u.raw::json, $1, $1
          FROM unnest($2::bigint[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[],
                      $7::text[], $8::bigint[], $9::bigint[], $10::bool[], $11::text[])
               AS u(send_id, matched, verified_at, ori_receiver, channel, order_id, flow_id,
                    mcc, still_sending, raw)
-         WHERE u.send_id = ANY($12::bigint[])
          ON CONFLICT (send_id) DO UPDATE
          SET matched = EXCLUDED.matched, verified_at = EXCLUDED.verified_at,
              ori_receiver = EXCLUDED.ori_receiver, channel = EXCLUDED.channel,
              order_id = EXCLUDED.order_id, flow_id = EXCLUDED.flow_id, mcc = EXCLUDED.mcc,
              still_sending = EXCLUDED.still_sending, raw = EXCLUDED.raw,
              changed_at = EXCLUDED.changed_at
-         WHERE records.raw IS DISTINCT FROM EXCLUDED.raw",
+         WHERE records.raw::text IS DISTINCT FROM EXCLUDED.raw::text
+           AND records.raw::jsonb IS DISTINCT FROM EXCLUDED.raw::jsonb
+         RETURNING send_id, xmax = 0 AS inserted",
     )
     .bind(now)
     .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
@@ -188,16 +209,24 @@ async fn store_records(
     .bind(rows.iter().map(|r| r.1.mcc()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1.still_sending()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
-    .bind(held)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(result.rows_affected())
+    let written = result.len() as u64;
+    let inserted = result
+        .into_iter()
+        .filter(|(_, inserted)| *inserted)
+        .map(|(id, _)| id)
+        .collect();
+    Ok((written, inserted))
 }
 
+/// Writes the attempts of `fetched` (sends held, each once): inserts the new, updates
+/// the changed, removes those the answer no longer has, and keeps `spend_days` exact.
+/// Only the sends of `before` (those that had a record) can have attempts already.
 async fn store_attempts(
     conn: &mut PgConnection,
     fetched: &[(i64, &Fetched)],
-    held: &[i64],
+    before: &[i64],
 ) -> Result<u64, sqlx::Error> {
     let rows: Vec<AttemptRow> = fetched
         .iter()
@@ -221,12 +250,7 @@ async fn store_attempts(
             sms.chain(call).chain(sna).collect::<Vec<_>>()
         })
         .collect();
-    let held: HashSet<i64> = held.iter().copied().collect();
-    let stored: Vec<i64> = fetched
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| held.contains(id))
-        .collect();
+    let stored: Vec<i64> = fetched.iter().map(|(id, _)| *id).collect();
     let result = sqlx::query(concat!(
         "WITH incoming AS (
              SELECT * FROM unnest(
@@ -238,11 +262,10 @@ async fn store_attempts(
              AS u(send_id, channel, position, status, reason, mcc, mnc, submitted_at, sent_at,
                   ringing_at, answered_at, completed_at, sender, charge_count, call_duration,
                   charged_duration, bill_period, supplier_code, rate, amount, settle_pay,
-                  settle_price, settle_currency, quote_exchange)
-             WHERE u.send_id = ANY($25::bigint[])),
+                  settle_price, settle_currency, quote_exchange)),
          gone AS (
              DELETE FROM attempts a
-             WHERE a.send_id = ANY($25::bigint[])
+             WHERE cardinality($26::bigint[]) > 0 AND a.send_id = ANY($26::bigint[])
                AND NOT EXISTS (SELECT 1 FROM incoming i
                                WHERE i.send_id = a.send_id AND i.channel = a.channel
                                  AND i.position = a.position)),
@@ -254,7 +277,8 @@ async fn store_attempts(
              WHERE settle_pay IS NOT NULL
              UNION ALL
              SELECT send_id, settle_currency, -settle_pay, -1 FROM attempts
-             WHERE send_id = ANY($25::bigint[]) AND settle_pay IS NOT NULL",
+             WHERE cardinality($26::bigint[]) > 0 AND send_id = ANY($26::bigint[])
+               AND settle_pay IS NOT NULL",
             "SELECT id, sent_at FROM sends WHERE id = ANY($25::bigint[])"
         ),
         "
@@ -311,6 +335,7 @@ async fn store_attempts(
     .bind(column!(rows, settle.settle_currency))
     .bind(column!(rows, settle.quote_exchange))
     .bind(stored)
+    .bind(before)
     .execute(conn)
     .await?;
     Ok(result.rows_affected())

@@ -28,13 +28,13 @@ pub async fn capture(
     }
     Ok(sqlx::query(
         "INSERT INTO record_revisions (pass_id, send_id, revised_at, old_matched, old_raw, old_attempts)
-         SELECT $1, u.send_id, $2, r.matched, r.raw,
+         SELECT $1, u.send_id, $2, r.matched, r.raw::jsonb,
                 coalesce((SELECT jsonb_agg(to_jsonb(a) ORDER BY a.channel, a.position)
                           FROM attempts a WHERE a.send_id = u.send_id), '[]'::jsonb)
          FROM unnest($3::bigint[], $4::text[]) AS u(send_id, raw)
          LEFT JOIN records r ON r.send_id = u.send_id
          WHERE u.send_id = ANY($5::bigint[])
-           AND (r.send_id IS NULL OR r.raw IS DISTINCT FROM u.raw::jsonb)
+           AND (r.send_id IS NULL OR r.raw::jsonb IS DISTINCT FROM u.raw::jsonb)
          ON CONFLICT (pass_id, send_id) DO NOTHING",
     )
     .bind(pass_id)
@@ -63,7 +63,7 @@ pub async fn keep_regressions(
     Ok(sqlx::query(
         "INSERT INTO record_revisions (pass_id, send_id, revised_at, old_matched, old_raw,
                                        old_attempts, regression, new_matched, new_raw)
-         SELECT $1, u.send_id, $2, r.matched, r.raw,
+         SELECT $1, u.send_id, $2, r.matched, r.raw::jsonb,
                 coalesce((SELECT jsonb_agg(to_jsonb(a) ORDER BY a.channel, a.position)
                           FROM attempts a WHERE a.send_id = u.send_id), '[]'::jsonb),
                 true, u.matched, u.raw::jsonb

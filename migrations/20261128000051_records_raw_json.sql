@@ -1,0 +1,13 @@
+-- `records.raw`, the answer's `data`, is kept as the provider sent it: `json` (its text,
+-- checked to be JSON) instead of `jsonb`, which parsed every answer stored into a binary
+-- form (keys sorted and deduplicated, spacing dropped) - the largest share of the CPU
+-- Postgres spent storing a record. Nothing reads into `raw`; the revisions of a replay
+-- keep theirs as jsonb (cast where they are copied).
+--
+-- "An unchanged answer writes nothing" keeps its meaning: a stored answer is replaced
+-- only when its text differs and it differs as jsonb too (src/db/records.rs), so an
+-- answer equal to the stored one but for key order or spacing (as every row converted
+-- here is, its text being jsonb's) is still unchanged.
+--
+-- This rewrites the table: on a large database, run the upgrade when no pass runs.
+ALTER TABLE records ALTER COLUMN raw TYPE json USING raw::json;
