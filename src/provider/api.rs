@@ -146,6 +146,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn all_lists_the_endpoints_in_their_order() {
+        // The client keeps one URL per endpoint, indexed by `endpoint as usize`.
+        for (i, endpoint) in Endpoint::ALL.into_iter().enumerate() {
+            assert_eq!(endpoint as usize, i);
+        }
+    }
+
+    #[test]
     fn postback_time_is_unix_milliseconds() {
         let at = DateTime::parse_from_rfc3339("2023-04-11T03:46:04Z")
             .unwrap()

@@ -42,7 +42,9 @@ pub struct BuildError(#[source] reqwest::Error);
 #[derive(Debug, Clone)]
 pub struct ProviderClient {
     http: reqwest::Client,
-    base_url: Url,
+    /// Each endpoint's URL, joined to the base URL once: a join per request parsed the
+    /// whole URL again.
+    urls: std::sync::Arc<[Url; Endpoint::ALL.len()]>,
     api_key: String,
     api_secret: SecretString,
     max_answer_bytes: usize,
@@ -64,7 +66,12 @@ impl ProviderClient {
             .map_err(BuildError)?;
         Ok(Self {
             http,
-            base_url: settings.base_url.clone(),
+            urls: std::sync::Arc::new(Endpoint::ALL.map(|endpoint| {
+                settings
+                    .base_url
+                    .join(endpoint.path())
+                    .expect("endpoint paths are valid relative URLs")
+            })),
             api_key: settings.api_key.clone(),
             api_secret: settings.api_secret.clone(),
             max_answer_bytes: settings.max_answer_bytes,
@@ -173,9 +180,7 @@ impl ProviderClient {
     }
 
     fn url(&self, endpoint: Endpoint) -> Url {
-        self.base_url
-            .join(endpoint.path())
-            .expect("endpoint paths are valid relative URLs")
+        self.urls[endpoint as usize].clone()
     }
 
     async fn post<B: Serialize>(&self, endpoint: Endpoint, body: &B) -> Result<Envelope, Failure> {
@@ -233,7 +238,8 @@ impl ProviderClient {
         }
         let mut response = request.send().await.map_err(transport)?;
         let http = response.status();
-        let headers = response.headers().clone();
+        // Taken, not cloned: the body is read without them.
+        let headers = std::mem::take(response.headers_mut());
         if response
             .content_length()
             .is_some_and(|n| n > self.max_answer_bytes as u64)
@@ -303,7 +309,8 @@ fn record(envelope: Envelope) -> Result<Fetched, Failure> {
     let data = envelope.data.ok_or_else(|| Failure::Unreadable {
         problem: "status 0 without `data`".into(),
     })?;
-    Fetched::from_text(data.get()).map_err(|e| Failure::Unreadable {
+    // The text moves into the record: no copy of it.
+    Fetched::from_raw(Box::<str>::from(data).into_string()).map_err(|e| Failure::Unreadable {
         problem: e.to_string(),
     })
 }

@@ -79,6 +79,7 @@ pub fn check(body: &[u8], limits: Limits) -> Result<(), Refused> {
         values: 0,
         attempts: 0,
         refused: None,
+        keys: Vec::new(),
     };
     let mut de = serde_json::Deserializer::from_slice(body);
     let result = Node {
@@ -92,15 +93,22 @@ pub fn check(body: &[u8], limits: Limits) -> Result<(), Refused> {
     }
 }
 
-struct State {
+struct State<'de> {
     limits: Limits,
     values: usize,
     attempts: usize,
     /// Set when the scan stops on purpose; the serde error then only unwinds.
     refused: Option<Refused>,
+    /// The keys seen so far in each object being read, innermost last: one buffer for
+    /// the whole answer instead of a set per object.
+    keys: Vec<Cow<'de, str>>,
 }
 
-impl State {
+/// Beyond this many keys, an object's keys are also looked up in a set of their own:
+/// a linear search stays cheaper below it.
+const KEYS_SEARCHED_IN_LINE: usize = 32;
+
+impl State<'_> {
     fn refuse<E: de::Error>(&mut self, refused: Refused) -> E {
         self.refused = Some(refused);
         E::custom("refused")
@@ -152,12 +160,12 @@ enum Role {
     Other,
 }
 
-struct Node<'s> {
-    state: &'s mut State,
+struct Node<'s, 'de> {
+    state: &'s mut State<'de>,
     role: Role,
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_> {
+impl<'de> DeserializeSeed<'de> for Node<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -165,7 +173,7 @@ impl<'de> DeserializeSeed<'de> for Node<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Node<'_> {
+impl<'de> Visitor<'de> for Node<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -220,9 +228,15 @@ impl<'de> Visitor<'de> for Node<'_> {
         if matches!(self.role, Role::Attempts | Role::Attempt) {
             self.state.attempt()?;
         }
-        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
+        // This object's keys are `keys[start..]`; once there are many, also in `many`.
+        let start = self.state.keys.len();
+        let mut many: Option<HashSet<Cow<'de, str>>> = None;
         while let Some(Key(key)) = map.next_key()? {
-            if seen.contains(&key) {
+            let seen = match &many {
+                Some(set) => set.contains(&key),
+                None => self.state.keys[start..].contains(&key),
+            };
+            if seen {
                 let key = key.into_owned();
                 return Err(self.state.refuse(Refused::DuplicateKey {
                     key,
@@ -241,8 +255,20 @@ impl<'de> Visitor<'de> for Node<'_> {
                 self.state.locate(|| key.clone().into_owned());
                 return Err(e);
             }
-            seen.insert(key);
+            // What the value held was taken off the buffer when it was read.
+            match &mut many {
+                Some(set) => {
+                    set.insert(key);
+                }
+                None if self.state.keys.len() - start >= KEYS_SEARCHED_IN_LINE => {
+                    let mut set: HashSet<_> = self.state.keys.drain(start..).collect();
+                    set.insert(key);
+                    many = Some(set);
+                }
+                None => self.state.keys.push(key),
+            }
         }
+        self.state.keys.truncate(start);
         Ok(())
     }
 }
@@ -303,6 +329,39 @@ mod tests {
         // An escaped key is the same key.
         assert!(scan(r#"{"a":1,"\u0061":2}"#).is_err());
         assert_eq!(scan(r#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#), Ok(()));
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_in_objects_of_any_size() {
+        for n in [2, KEYS_SEARCHED_IN_LINE, KEYS_SEARCHED_IN_LINE + 1, 100] {
+            let keys: Vec<String> = (0..n)
+                .map(|i| format!(r#""k{i}":{{"a":1,"b":2}}"#))
+                .collect();
+            let unique = format!("{{{}}}", keys.join(","));
+            assert_eq!(scan(&unique), Ok(()), "{n} keys");
+            for dup in [0, n - 1] {
+                let twice = format!(r#"{{{},"k{dup}":0,"z":1}}"#, keys.join(","));
+                assert_eq!(
+                    scan(&twice),
+                    Err(Refused::DuplicateKey {
+                        key: format!("k{dup}"),
+                        at: String::new()
+                    }),
+                    "{n} keys, k{dup} twice"
+                );
+            }
+            // The same keys in sibling and nested objects are no duplicates.
+            let nested = format!(r#"{{"x":{unique},"y":{unique},"k0":{unique}}}"#);
+            assert_eq!(scan(&nested), Ok(()), "{n} keys, nested");
+        }
+        let inner = r#"{"x":{"k0":1},"k0":{"k0":{"k0":1,"k0":2}}}"#;
+        assert_eq!(
+            scan(inner),
+            Err(Refused::DuplicateKey {
+                key: "k0".into(),
+                at: "k0.k0".into()
+            })
+        );
     }
 
     #[test]

@@ -50,15 +50,15 @@ impl<'a> Fields<'a> {
             return Ok(None);
         };
         let text = match value {
-            Value::Number(n) => n.to_string(),
-            Value::String(s) => s.trim().to_owned(),
+            Value::Number(n) => n.as_str(),
+            Value::String(s) => s.trim(),
             other => {
                 return Err(self.error(key, format!("expected an integer, got {}", kind(other))));
             }
         };
-        parse_int(&text)
+        parse_int(text)
             .map(Some)
-            .ok_or_else(|| self.error(key, format!("not an integer: {}", shown(&text))))
+            .ok_or_else(|| self.error(key, format!("not an integer: {}", shown(text))))
     }
 
     /// An exact decimal, from a JSON number (its exact text) or a string of one.
@@ -69,23 +69,28 @@ impl<'a> Fields<'a> {
             return Ok(None);
         };
         let text = match value {
-            Value::Number(n) => n.to_string(),
-            Value::String(s) => s.trim().to_owned(),
+            Value::Number(n) => n.as_str(),
+            Value::String(s) => s.trim(),
             other => {
                 return Err(self.error(key, format!("expected a decimal, got {}", kind(other))));
             }
         };
-        parse_decimal(&text)
+        parse_decimal(text)
             .map(Some)
-            .ok_or_else(|| self.error(key, format!("not an exact decimal: {}", shown(&text))))
+            .ok_or_else(|| self.error(key, format!("not an exact decimal: {}", shown(text))))
     }
 
     /// Text, from a string or a number (its text). Blank is `None`.
     pub(crate) fn text(&self, key: &str) -> Result<Option<String>, RecordError> {
+        Ok(self.text_ref(key)?.map(str::to_owned))
+    }
+
+    /// The same, borrowed from the answer.
+    pub(crate) fn text_ref(&self, key: &str) -> Result<Option<&'a str>, RecordError> {
         match self.present(key) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::Number(n)) => Ok(Some(n.as_str())),
             Some(other) => Err(self.error(key, format!("expected text, got {}", kind(other)))),
         }
     }

@@ -263,12 +263,17 @@ impl Fetched {
     /// not store (a NUL in a string, a number beyond `numeric`) is refused here, naming
     /// the field, so that it cannot fail a whole batch's write.
     pub fn from_text(raw: &str) -> Result<Self, RecordError> {
-        let data: Value = serde_json::from_str(raw)
+        Self::from_raw(raw.to_owned())
+    }
+
+    /// The same, keeping `raw` itself as the record's text (no copy of it).
+    pub fn from_raw(raw: String) -> Result<Self, RecordError> {
+        let data: Value = serde_json::from_str(&raw)
             .map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
-        storable(&data, "data")?;
+        storable(&data, &mut String::from("data"))?;
         Ok(Self {
             record: Record::from_data(&data)?,
-            raw: raw.to_owned(),
+            raw,
         })
     }
 
@@ -287,44 +292,58 @@ impl Fetched {
 }
 
 /// Refuses what PostgreSQL's `jsonb` cannot hold: NUL in strings or keys, and numbers
-/// with an exponent or a length beyond what `numeric` keeps.
-fn storable(value: &Value, path: &str) -> Result<(), RecordError> {
+/// with an exponent or a length beyond what `numeric` keeps. `path` is where `value`
+/// sits (`data.sms[1]`): one buffer, grown and cut back on the way, so that a value
+/// costs no allocation unless it is refused.
+fn storable(value: &Value, path: &mut String) -> Result<(), RecordError> {
     const NUL: &str = "contains a NUL character, which the database cannot store";
     match value {
-        Value::String(s) if s.contains('\0') => Err(RecordError::new(path, NUL)),
+        Value::String(s) if s.contains('\0') => Err(RecordError::new(path.as_str(), NUL)),
         Value::Number(n) => {
-            let text = n.to_string();
+            let text = n.as_str();
             let exponent = text.split_once(['e', 'E']).map_or(Some(0), |(_, e)| {
                 e.trim_start_matches('+').parse::<i64>().ok()
             });
             match exponent {
                 Some(e) if e.abs() <= 10_000 && text.len() <= 10_000 => Ok(()),
                 _ => Err(RecordError::new(
-                    path,
+                    path.as_str(),
                     "a number too large for the database to store",
                 )),
             }
         }
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, v)| storable(v, &format!("{path}[{i}]"))),
-        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
-            if k.contains('\0') {
-                Err(RecordError::new(path, NUL))
-            } else {
-                storable(v, &format!("{path}.{k}"))
+        Value::Array(items) => {
+            let len = path.len();
+            for (i, v) in items.iter().enumerate() {
+                use std::fmt::Write as _;
+                let _ = write!(path, "[{i}]");
+                storable(v, path)?;
+                path.truncate(len);
             }
-        }),
+            Ok(())
+        }
+        Value::Object(map) => {
+            let len = path.len();
+            for (k, v) in map {
+                if k.contains('\0') {
+                    return Err(RecordError::new(path.as_str(), NUL));
+                }
+                path.push('.');
+                path.push_str(k);
+                storable(v, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
 
 fn settlement(f: &Fields) -> Result<Settlement, RecordError> {
-    let settle = f.text("settleCurrency")?;
-    let plain = f.text("currency")?;
+    let settle = f.text_ref("settleCurrency")?;
+    let plain = f.text_ref("currency")?;
     let settle_currency = match (settle, plain) {
-        (Some(a), Some(b)) if !a.eq_ignore_ascii_case(&b) => {
+        (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => {
             return Err(RecordError::new(
                 f.path_of("settleCurrency"),
                 format!("disagrees with `currency` ({a:?} vs {b:?})"),
