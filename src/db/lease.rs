@@ -95,11 +95,12 @@ pub(crate) use expiry;
 ///   `returning` (e.g. when the item was due, for a release that gives it back);
 /// - `returning`: the claimed rows' columns.
 ///
-/// A claim and a renewal update the rows their CTE locked by primary key (`t.id = ANY
-/// (ARRAY(...))` beside the join): joined to the CTE alone, the planner may read the
-/// whole table to hash it (it does for a batch of a thousand on a table of tens of
-/// thousands). A claim compares the ids the pass holds only with rows whose lease
-/// expired (a free row is held by no one): that array is scanned once per row compared.
+/// A claim compares the ids the pass holds only with rows whose lease expired (a free
+/// row is held by no one): that array is scanned once per row compared. The update
+/// joins the locked CTE by `t.id = due.id` alone: with `t.id = ANY (ARRAY(SELECT id
+/// FROM due))` beside it, the planner (which estimates one due row from the partial
+/// index's statistics) ran a nested loop whose inner scan returned the whole batch for
+/// every outer row, a million rows for a claim of 1,000 (1.9 s at 5M sends of history).
 macro_rules! leased_table {
     (
         table: $table:literal,
@@ -144,7 +145,7 @@ macro_rules! leased_table {
                 $crate::db::lease::expiry!("$4"),
                 $on_claim,
                 "
-                 FROM due WHERE t.id = due.id AND t.id = ANY (ARRAY(SELECT id FROM due))
+                 FROM due WHERE t.id = due.id
                  RETURNING ",
                 $returning
             ),
@@ -168,7 +169,7 @@ macro_rules! leased_table {
                 $crate::db::lease::expiry!("$3"),
                 $on_renew,
                 "
-                     FROM free WHERE t.id = free.id AND t.id = ANY (ARRAY(SELECT id FROM free))
+                     FROM free WHERE t.id = free.id
                      RETURNING t.id)
                  SELECT u.id,
                         u.id IN (SELECT id FROM renewed) AS renewed,
