@@ -28,6 +28,8 @@ pub type Slot<'a> = Permit<'a>;
 #[derive(Debug)]
 pub struct Gate {
     limiter: Option<DefaultDirectRateLimiter>,
+    /// The queue for the rate limiter (see [`Gate::admit`]).
+    rate_turn: tokio::sync::Mutex<()>,
     paused_until: Mutex<Option<Instant>>,
     stop: CancellationToken,
     admitted: AtomicU64,
@@ -51,6 +53,7 @@ impl Gate {
         });
         Self {
             limiter,
+            rate_turn: tokio::sync::Mutex::new(()),
             paused_until: Mutex::new(None),
             stop,
             admitted: AtomicU64::new(0),
@@ -147,8 +150,16 @@ impl Gate {
             }
         }
         if let Some(limiter) = &self.limiter {
+            // One request at a time waits on the rate limiter, the others in a FIFO
+            // queue: every waiter of governor's `until_ready` sleeps until the same next
+            // cell and all wake for it, so hundreds in flight under `--rate` cost
+            // hundreds of wake-ups per request admitted (770 µs of CPU per send at
+            // 500/s with 300 in flight).
             tokio::select! {
-                _ = limiter.until_ready() => {}
+                _ = async {
+                    let _turn = self.rate_turn.lock().await;
+                    limiter.until_ready().await;
+                } => {}
                 _ = self.stop.cancelled() => return None,
             }
         }
