@@ -111,9 +111,10 @@ impl PassSettings {
     }
 }
 
-/// The default ceiling of the in-flight limit. The limit itself adapts below it; the
-/// ceiling bounds the memory a pass can hold: about 50 KiB per request in flight
-/// (connection and buffers), so 768 keeps a pass under 64 MiB (README, "Concurrency").
+/// The default ceiling of the in-flight limit. The limit itself adapts below it, and
+/// below the memory budget ([`DEFAULT_MEMORY_BUDGET_MIB`]): at about 52 KiB per request
+/// in flight, 768 is what a 56 MiB budget holds against a slow provider (README,
+/// "Concurrency").
 pub const DEFAULT_CONCURRENCY: usize = 768;
 /// The default memory budget of a pass, in MiB: the adaptive limit stops growing when
 /// the process's resident memory passes it, so a pass stays within a 64 MiB container

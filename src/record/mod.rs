@@ -259,14 +259,10 @@ impl Record {
 }
 
 impl Fetched {
-    /// Reads a record from the text of an answer's `data`. An answer the database could
-    /// not store (a NUL in a string, a number beyond `numeric`) is refused here, naming
-    /// the field, so that it cannot fail a whole batch's write.
-    pub fn from_text(raw: &str) -> Result<Self, RecordError> {
-        Self::from_raw(raw.to_owned())
-    }
-
-    /// The same, keeping `raw` itself as the record's text (no copy of it).
+    /// Reads a record from the text of an answer's `data`, kept as the record's `raw`
+    /// (moved, not copied). An answer the database could not store (a NUL in a string,
+    /// a number beyond `numeric`) is refused here, naming the field, so that it cannot
+    /// fail a whole batch's write.
     pub fn from_raw(raw: String) -> Result<Self, RecordError> {
         let data: Value = serde_json::from_str(&raw)
             .map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
