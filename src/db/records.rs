@@ -19,13 +19,14 @@ pub struct Stored {
     pub attempts: u64,
 }
 
-/// One attempt as its row.
-struct AttemptRow {
+/// One attempt as its row, borrowing its text from the record: the batch's columns
+/// are built without copying a string.
+struct AttemptRow<'a> {
     send_id: i64,
     channel: &'static str,
     position: i32,
     status: Option<i64>,
-    reason: Option<String>,
+    reason: Option<&'a str>,
     mcc: Option<i64>,
     mnc: Option<i64>,
     submitted_at: Option<DateTime<Utc>>,
@@ -33,19 +34,19 @@ struct AttemptRow {
     ringing_at: Option<DateTime<Utc>>,
     answered_at: Option<DateTime<Utc>>,
     completed_at: Option<DateTime<Utc>>,
-    sender: Option<String>,
+    sender: Option<&'a str>,
     charge_count: Option<i64>,
     call_duration: Option<i64>,
     charged_duration: Option<i64>,
-    bill_period: Option<String>,
-    supplier_code: Option<String>,
+    bill_period: Option<&'a str>,
+    supplier_code: Option<&'a str>,
     rate: Option<Decimal>,
     amount: Option<Decimal>,
-    settle: Settlement,
+    settle: &'a Settlement,
 }
 
-impl AttemptRow {
-    fn blank(send_id: i64, channel: &'static str, index: usize, settle: &Settlement) -> Self {
+impl<'a> AttemptRow<'a> {
+    fn blank(send_id: i64, channel: &'static str, index: usize, settle: &'a Settlement) -> Self {
         Self {
             send_id,
             channel,
@@ -67,30 +68,30 @@ impl AttemptRow {
             supplier_code: None,
             rate: None,
             amount: None,
-            settle: settle.clone(),
+            settle,
         }
     }
 
-    fn sms(send_id: i64, i: usize, a: &SmsAttempt) -> Self {
+    fn sms(send_id: i64, i: usize, a: &'a SmsAttempt) -> Self {
         Self {
             status: a.status,
-            reason: a.reason.clone(),
+            reason: a.reason.as_deref(),
             mcc: a.mcc,
             mnc: a.mnc,
             submitted_at: a.submit_tm,
             sent_at: a.send_tm,
             completed_at: a.done_tm,
-            sender: a.sender.clone(),
+            sender: a.sender.as_deref(),
             charge_count: a.charge_cnt,
             amount: a.pay,
             ..Self::blank(send_id, "sms", i, &a.settlement)
         }
     }
 
-    fn call(send_id: i64, i: usize, a: &CallAttempt) -> Self {
+    fn call(send_id: i64, i: usize, a: &'a CallAttempt) -> Self {
         Self {
             status: a.termination_code,
-            reason: a.termination_reason.clone(),
+            reason: a.termination_reason.as_deref(),
             mcc: a.mcc,
             mnc: a.mnc,
             submitted_at: a.submit_time,
@@ -98,21 +99,21 @@ impl AttemptRow {
             ringing_at: a.ringing_time,
             answered_at: a.answer_time,
             completed_at: a.hangup_time,
-            sender: a.display_num.clone(),
+            sender: a.display_num.as_deref(),
             call_duration: a.call_duration,
             charged_duration: a.charged_duration,
-            bill_period: a.bill_period.clone(),
-            supplier_code: a.code.clone(),
+            bill_period: a.bill_period.as_deref(),
+            supplier_code: a.code.as_deref(),
             rate: a.rate,
             amount: a.cost,
             ..Self::blank(send_id, "call", i, &a.settlement)
         }
     }
 
-    fn sna(send_id: i64, i: usize, a: &SnaAttempt) -> Self {
+    fn sna(send_id: i64, i: usize, a: &'a SnaAttempt) -> Self {
         Self {
             status: a.status,
-            reason: a.reason.clone(),
+            reason: a.reason.as_deref(),
             mcc: a.mcc,
             mnc: a.mnc,
             submitted_at: a.post_verification_time,
@@ -126,6 +127,13 @@ impl AttemptRow {
 macro_rules! column {
     ($rows:expr, $($field:tt).+) => {
         $rows.iter().map(|r| r.$($field).+.clone()).collect::<Vec<_>>()
+    };
+}
+
+/// One text column of the batch, borrowed from the rows (no string copied).
+macro_rules! text_column {
+    ($rows:expr, $($field:tt).+) => {
+        $rows.iter().map(|r| r.$($field).+.as_deref()).collect::<Vec<_>>()
     };
 }
 
@@ -202,9 +210,9 @@ async fn store_records(
             .collect::<Vec<_>>(),
     )
     .bind(column!(rows, 1.verification.verified_date))
-    .bind(column!(rows, 1.verification.ori_receiver))
-    .bind(column!(rows, 1.verification.channel))
-    .bind(column!(rows, 1.order_id))
+    .bind(text_column!(rows, 1.verification.ori_receiver))
+    .bind(text_column!(rows, 1.verification.channel))
+    .bind(text_column!(rows, 1.order_id))
     .bind(column!(rows, 1.flow_id))
     .bind(rows.iter().map(|r| r.1.mcc()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1.still_sending()).collect::<Vec<_>>())
@@ -332,7 +340,7 @@ async fn store_attempts(
     .bind(column!(rows, amount))
     .bind(column!(rows, settle.settle_pay))
     .bind(column!(rows, settle.settle_price))
-    .bind(column!(rows, settle.settle_currency))
+    .bind(text_column!(rows, settle.settle_currency))
     .bind(column!(rows, settle.quote_exchange))
     .bind(stored)
     .bind(before)
