@@ -4,18 +4,19 @@
 //! anything else. None of them panics, whatever the value.
 
 use super::RecordError;
+use super::json::Json;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use rust_decimal::Decimal;
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// One JSON object and the path it sits at (`data.sms[1]`), for error messages.
 pub(crate) struct Fields<'a> {
-    obj: &'a Map<String, Value>,
+    obj: &'a [(Cow<'a, str>, Json<'a>)],
     path: String,
 }
 
 impl<'a> Fields<'a> {
-    pub(crate) fn new(obj: &'a Map<String, Value>, path: impl Into<String>) -> Self {
+    pub(crate) fn new(obj: &'a [(Cow<'a, str>, Json<'a>)], path: impl Into<String>) -> Self {
         Self {
             obj,
             path: path.into(),
@@ -36,10 +37,10 @@ impl<'a> Fields<'a> {
     }
 
     /// The raw value of `key`, `None` when absent, `null` or a blank string.
-    pub(crate) fn present(&self, key: &str) -> Option<&'a Value> {
-        match self.obj.get(key)? {
-            Value::Null => None,
-            Value::String(s) if s.trim().is_empty() => None,
+    pub(crate) fn present(&self, key: &str) -> Option<&'a Json<'a>> {
+        match Json::get(self.obj, key)? {
+            Json::Null => None,
+            Json::String(s) if s.trim().is_empty() => None,
             v => Some(v),
         }
     }
@@ -50,10 +51,10 @@ impl<'a> Fields<'a> {
             return Ok(None);
         };
         let text = match value {
-            Value::Number(n) => n.as_str(),
-            Value::String(s) => s.trim(),
+            Json::Number(n) => n,
+            Json::String(s) => s.trim(),
             other => {
-                return Err(self.error(key, format!("expected an integer, got {}", kind(other))));
+                return Err(self.error(key, format!("expected an integer, got {}", other.kind())));
             }
         };
         parse_int(text)
@@ -69,10 +70,10 @@ impl<'a> Fields<'a> {
             return Ok(None);
         };
         let text = match value {
-            Value::Number(n) => n.as_str(),
-            Value::String(s) => s.trim(),
+            Json::Number(n) => n,
+            Json::String(s) => s.trim(),
             other => {
-                return Err(self.error(key, format!("expected a decimal, got {}", kind(other))));
+                return Err(self.error(key, format!("expected a decimal, got {}", other.kind())));
             }
         };
         parse_decimal(text)
@@ -89,9 +90,9 @@ impl<'a> Fields<'a> {
     pub(crate) fn text_ref(&self, key: &str) -> Result<Option<&'a str>, RecordError> {
         match self.present(key) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(Value::Number(n)) => Ok(Some(n.as_str())),
-            Some(other) => Err(self.error(key, format!("expected text, got {}", kind(other)))),
+            Some(Json::String(s)) => Ok(Some(s)),
+            Some(Json::Number(n)) => Ok(Some(n)),
+            Some(other) => Err(self.error(key, format!("expected text, got {}", other.kind()))),
         }
     }
 
@@ -100,43 +101,45 @@ impl<'a> Fields<'a> {
     pub(crate) fn time(&self, key: &str) -> Result<Option<DateTime<Utc>>, RecordError> {
         match self.present(key) {
             None => Ok(None),
-            Some(Value::String(s)) => parse_time(s.trim())
+            Some(Json::String(s)) => parse_time(s.trim())
                 .map(Some)
                 .map_err(|problem| self.error(key, format!("{problem}: {}", shown(s)))),
-            Some(other) => Err(self.error(key, format!("expected a time, got {}", kind(other)))),
+            Some(other) => Err(self.error(key, format!("expected a time, got {}", other.kind()))),
         }
     }
 
     /// A nested object, `None` when absent or null.
     pub(crate) fn object(&self, key: &str) -> Result<Option<Fields<'a>>, RecordError> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(o)) => Ok(Some(Fields::new(o, self.path_of(key)))),
-            Some(other) => Err(self.error(key, format!("expected an object, got {}", kind(other)))),
+        match Json::get(self.obj, key) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Object(o)) => Ok(Some(Fields::new(o, self.path_of(key)))),
+            Some(other) => {
+                Err(self.error(key, format!("expected an object, got {}", other.kind())))
+            }
         }
     }
 
     /// A list of objects that may arrive as one object, an array, or null.
     /// `null` elements inside an array are skipped.
     pub(crate) fn objects(&self, key: &str) -> Result<Vec<Fields<'a>>, RecordError> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Object(o)) => Ok(vec![Fields::new(o, self.path_of(key))]),
-            Some(Value::Array(items)) => items
+        match Json::get(self.obj, key) {
+            None | Some(Json::Null) => Ok(Vec::new()),
+            Some(Json::Object(o)) => Ok(vec![Fields::new(o, self.path_of(key))]),
+            Some(Json::Array(items)) => items
                 .iter()
                 .enumerate()
-                .filter(|(_, v)| !v.is_null())
+                .filter(|(_, v)| **v != Json::Null)
                 .map(|(i, v)| match v {
-                    Value::Object(o) => Ok(Fields::new(o, format!("{}[{i}]", self.path_of(key)))),
+                    Json::Object(o) => Ok(Fields::new(o, format!("{}[{i}]", self.path_of(key)))),
                     other => Err(RecordError::new(
                         format!("{}[{i}]", self.path_of(key)),
-                        format!("expected an object, got {}", kind(other)),
+                        format!("expected an object, got {}", other.kind()),
                     )),
                 })
                 .collect(),
             Some(other) => Err(self.error(
                 key,
-                format!("expected an object, an array or null, got {}", kind(other)),
+                format!("expected an object, an array or null, got {}", other.kind()),
             )),
         }
     }
@@ -191,17 +194,6 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, &'static str> {
         Err("a time without a UTC offset")
     } else {
         Err("not an ISO 8601 time")
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -5,11 +5,13 @@
 //! the parsed model sits beside the raw JSON it came from, which is kept for audit.
 
 mod fields;
+mod json;
 
 pub use fields::{parse_decimal, parse_int, parse_time};
 
 use chrono::{DateTime, Utc};
 use fields::Fields;
+use json::Json;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
@@ -179,7 +181,15 @@ impl Record {
     /// Reads the answer's `data`. Unknown fields are ignored; a field that is present
     /// but unreadable is an error naming it.
     pub fn from_data(data: &Value) -> Result<Self, RecordError> {
-        let Value::Object(obj) = data else {
+        let text = data.to_string();
+        let data =
+            Json::parse(&text).map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
+        Self::from_json(&data)
+    }
+
+    /// The same, from the tree the answer's text was read into.
+    fn from_json(data: &Json) -> Result<Self, RecordError> {
+        let Json::Object(obj) = data else {
             return Err(RecordError::new("data", "expected an object"));
         };
         let data = Fields::new(obj, "data");
@@ -264,21 +274,22 @@ impl Fetched {
     /// a number beyond `numeric`) is refused here, naming the field, so that it cannot
     /// fail a whole batch's write.
     pub fn from_raw(raw: String) -> Result<Self, RecordError> {
-        let data: Value = serde_json::from_str(&raw)
-            .map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
+        let data =
+            Json::parse(&raw).map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
         storable(&data, &mut String::from("data"))?;
-        Ok(Self {
-            record: Record::from_data(&data)?,
-            raw,
-        })
+        let record = Record::from_json(&data)?;
+        drop(data);
+        Ok(Self { record, raw })
     }
 
     /// Reads a record from an answer's `data` already parsed.
     pub fn from_data(data: Value) -> Result<Self, RecordError> {
-        Ok(Self {
-            record: Record::from_data(&data)?,
-            raw: data.to_string(),
-        })
+        let raw = data.to_string();
+        let json =
+            Json::parse(&raw).map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
+        let record = Record::from_json(&json)?;
+        drop(json);
+        Ok(Self { record, raw })
     }
 
     /// The raw JSON as a value, numbers with their exact text.
@@ -291,12 +302,11 @@ impl Fetched {
 /// with an exponent or a length beyond what `numeric` keeps. `path` is where `value`
 /// sits (`data.sms[1]`): one buffer, grown and cut back on the way, so that a value
 /// costs no allocation unless it is refused.
-fn storable(value: &Value, path: &mut String) -> Result<(), RecordError> {
+fn storable(value: &Json, path: &mut String) -> Result<(), RecordError> {
     const NUL: &str = "contains a NUL character, which the database cannot store";
     match value {
-        Value::String(s) if s.contains('\0') => Err(RecordError::new(path.as_str(), NUL)),
-        Value::Number(n) => {
-            let text = n.as_str();
+        Json::String(s) if s.contains('\0') => Err(RecordError::new(path.as_str(), NUL)),
+        Json::Number(text) => {
             let exponent = text.split_once(['e', 'E']).map_or(Some(0), |(_, e)| {
                 e.trim_start_matches('+').parse::<i64>().ok()
             });
@@ -308,7 +318,7 @@ fn storable(value: &Value, path: &mut String) -> Result<(), RecordError> {
                 )),
             }
         }
-        Value::Array(items) => {
+        Json::Array(items) => {
             let len = path.len();
             for (i, v) in items.iter().enumerate() {
                 use std::fmt::Write as _;
@@ -318,9 +328,9 @@ fn storable(value: &Value, path: &mut String) -> Result<(), RecordError> {
             }
             Ok(())
         }
-        Value::Object(map) => {
+        Json::Object(entries) => {
             let len = path.len();
-            for (k, v) in map {
+            for (k, v) in entries {
                 if k.contains('\0') {
                     return Err(RecordError::new(path.as_str(), NUL));
                 }
