@@ -14,7 +14,7 @@
 //!   pass that is its own bottleneck would grow without end; a windowed minimum does
 //!   not, and still learns, a window later, a provider that became slower.)
 //! - `ratio = short / baseline`. Up to [`TOLERANCE`] nothing queues: the limit grows,
-//!   by one per answer at first (doubling every round trip, TCP's slow start), then,
+//!   by two per answer at first (tripling every round trip: a slow start, as TCP's), then,
 //!   after the first sign of queueing, by about √limit per round trip;
 //! - beyond it, `gradient = max(TOLERANCE / ratio, 0.5)` and the limit moves a
 //!   [`SMOOTHING`] share of the way to `limit × gradient + √limit` per round trip;
@@ -33,7 +33,8 @@
 mod gradient;
 
 pub use gradient::{
-    BACKOFF, BASELINE_WINDOW, Gradient, LimitSettings, SHORT_SAMPLES, SMOOTHING, Sample, TOLERANCE,
+    BACKOFF, BASELINE_WINDOW, Gradient, LimitSettings, SHORT_SAMPLES, SLOW_START_STEP, SMOOTHING,
+    Sample, TOLERANCE,
 };
 use std::sync::Mutex;
 use std::time::Duration;
@@ -169,11 +170,13 @@ impl Limiter {
             }
             let limit = state.gradient.limit();
             state.peak_limit = state.peak_limit.max(limit);
-            limit > before
+            limit.saturating_sub(before)
         };
-        if grew {
-            // Room for more than one, perhaps: everyone waiting looks again.
-            self.freed.notify_waiters();
+        // As many waiters as there are new places look again, not all of them: with
+        // hundreds waiting (a ceiling far above the limit), waking every one for each
+        // place cost about 3% of the pass's CPU.
+        for _ in 0..grew {
+            self.freed.notify_one();
         }
     }
 
@@ -255,11 +258,41 @@ mod tests {
         let next = limiter.acquire();
         tokio::pin!(next);
         assert!(futures::poll!(next.as_mut()).is_pending());
-        // Steady answers with every place used: slow start grows the limit by one.
+        // Steady answers with every place used: slow start grows the limit.
         limiter.sample(Sample::Answered(Duration::from_millis(5)), Instant::now());
-        assert_eq!(limiter.limit(), start + 1);
+        assert_eq!(limiter.limit(), start + SLOW_START_STEP as usize);
         let _in = next.await;
-        assert_eq!(limiter.peak(), start + 1);
+        assert_eq!(limiter.peak(), start + SLOW_START_STEP as usize);
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_limit_grown_by_two_lets_two_waiters_in_and_the_rest_wait() {
+        let limiter = Limiter::new(LimitSettings {
+            min: 1,
+            max: 100,
+            rate: None,
+            adaptive: true,
+            memory_budget: None,
+        });
+        let start = limiter.limit();
+        let held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
+        let (first, second, third) = (limiter.acquire(), limiter.acquire(), limiter.acquire());
+        tokio::pin!(first, second, third);
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        assert!(futures::poll!(third.as_mut()).is_pending());
+        let answer = Sample::Answered(Duration::from_millis(5));
+        limiter.sample(answer, Instant::now());
+        assert_eq!(limiter.limit(), start + 2);
+        // Two new places: the first two waiters take them; the third still waits.
+        let _one = first.await;
+        let _two = second.await;
+        assert!(futures::poll!(third.as_mut()).is_pending());
+        assert_eq!(limiter.state().in_flight, start + 2);
+        limiter.sample(answer, Instant::now());
+        let _three = third.await;
+        assert_eq!(limiter.state().in_flight, start + 3);
         drop(held);
     }
 
@@ -282,19 +315,20 @@ mod tests {
         let _held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
         let t = Instant::now();
         let answer = Sample::Answered(Duration::from_millis(5));
-        // Under the budget: slow start, one more per answer.
+        // Under the budget: slow start, SLOW_START_STEP more per answer.
+        let step = SLOW_START_STEP as usize;
         RSS.store(900, Ordering::Relaxed);
         limiter.sample(answer, t);
-        assert_eq!(limiter.limit(), start + 1);
+        assert_eq!(limiter.limit(), start + step);
         // Over it, but read only once per MEMORY_CHECK_EVERY: the next answer within
         // that time still grows the limit.
         RSS.store(2_000, Ordering::Relaxed);
         limiter.sample(answer, t + Duration::from_millis(1));
-        assert_eq!(limiter.limit(), start + 2);
+        assert_eq!(limiter.limit(), start + 2 * step);
         let later = t + MEMORY_CHECK_EVERY + Duration::from_millis(1);
         limiter.sample(answer, later);
         let capped = limiter.limit();
-        assert!(capped < start + 2, "{capped}");
+        assert!(capped < start + 2 * step, "{capped}");
         // Over the budget, not growing: held where it is, not lowered further.
         for i in 2..10 {
             limiter.sample(answer, later + MEMORY_CHECK_EVERY * i);
