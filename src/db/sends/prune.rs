@@ -171,11 +171,11 @@ pub struct Kept {
     pub busy: i64,
 }
 
-/// After a prune, few sends older than `before` are left; in a dry run, this reads the
-/// range (as the dry run's count does).
+/// After a prune, few sends older than `before` are left (read through `sends_sent_at`,
+/// whatever the statistics say: see [`crate::db::fetch_kept`]); in a dry run, this reads
+/// the range (as the dry run's count does).
 pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
-    db.counted(1);
-    let row = sqlx::query(concat!(
+    let statement = concat!(
         "WITH ",
         blocked_and_waiting!(),
         ",
@@ -198,10 +198,8 @@ pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<Kept, sqlx::Erro
                 count(*) FILTER (WHERE reason = 'conversion') AS conversion,
                 count(*) FILTER (WHERE reason = 'busy') AS busy
          FROM old",
-    ))
-    .bind(before)
-    .fetch_one(db.pool())
-    .await?;
+    );
+    let row = crate::db::fetch_kept(db, statement, before).await?;
     Ok(Kept {
         not_final: row.try_get("not_final")?,
         leased: row.try_get("leased")?,
