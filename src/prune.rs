@@ -19,8 +19,10 @@
 //! in its own module: [`sends::prune`], [`conversions`], [`rates`].
 
 use crate::db::{Db, conversions, rates, sends};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// What to prune.
@@ -80,9 +82,32 @@ pub struct Report {
     pub sends_per_sec: f64,
 }
 
-/// Runs the plan: batches of sends (with their children), then conversions, then rate
-/// windows; then counts what stayed. In a dry run, only counts.
+/// Runs the plan with [`default_jobs`] workers: see [`run_with`].
 pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
+    run_with(db, plan, default_jobs(db)).await
+}
+
+/// Workers for the batches of sends when none is asked for: one per core the machine
+/// has, at most one per connection of the pool.
+pub fn default_jobs(db: &Db) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    jobs_for(db, cores)
+}
+
+/// `jobs` workers, at least one and at most one per connection of the pool.
+fn jobs_for(db: &Db, jobs: usize) -> usize {
+    let connections = usize::try_from(db.pool().options().get_max_connections()).unwrap_or(1);
+    jobs.clamp(1, connections.max(1))
+}
+
+/// Runs the plan: batches of sends (with their children), by `jobs` workers at once (at
+/// most one per connection of the pool), then conversions, then rate windows; then
+/// counts what stayed. In a dry run, only counts.
+///
+/// The workers share the sends older than `before` as disjoint stripes of sent_at (see
+/// [`stripes`]), each taking the next stripe when done with its own, each batch its
+/// own statement and transaction: a send is in one stripe, so one worker removes it.
+pub async fn run_with(db: &Db, plan: &Plan, jobs: usize) -> Result<Report, sqlx::Error> {
     let started = Instant::now();
     let mut removed = Removed::default();
     let mut batches = 0;
@@ -90,17 +115,18 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
     if plan.dry_run {
         removed = would_remove(db, plan).await?;
     } else {
-        let mut cursor = earliest();
-        loop {
-            let (batch, last) =
-                sends::prune::remove_batch(db, plan.before, cursor, plan.batch).await?;
-            if batch.sends == 0 {
-                break;
+        if let Some((first, last)) = sends::prune::sent_range(db, plan.before).await? {
+            let jobs = jobs_for(db, jobs);
+            let stripes = stripes(first, last, plan.before, jobs);
+            let next = AtomicUsize::new(0);
+            let done = futures::future::try_join_all(
+                (0..jobs).map(|_| remove_stripes(db, plan, &stripes, &next)),
+            )
+            .await?;
+            for (worker_removed, worker_batches) in done {
+                add(&mut removed, &worker_removed);
+                batches += worker_batches;
             }
-            batches += 1;
-            add(&mut removed, &removed_by(&batch));
-            cursor = last.unwrap_or(cursor);
-            tracing::debug!(sends = removed.sends, "pruning");
         }
         sends_secs = started.elapsed().as_secs_f64();
         loop {
@@ -137,7 +163,69 @@ pub async fn run(db: &Db, plan: &Plan) -> Result<Report, sqlx::Error> {
     })
 }
 
-/// Before any send (the batches' first cursor).
+/// Stripes per worker: a worker that finishes early takes another stripe, so uneven
+/// stripes (history is not spread evenly over time) even out.
+const STRIPES_PER_JOB: usize = 4;
+
+/// The ranges of sent_at the workers take one at a time, oldest first: the sends older
+/// than `before`, whose first and last sent_at are `first` and `last`, cut into equal
+/// spans of time; disjoint, and together all of `first..before`. One worker: one stripe.
+fn stripes(
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    before: DateTime<Utc>,
+    jobs: usize,
+) -> Vec<Range<DateTime<Utc>>> {
+    let count = if jobs <= 1 { 1 } else { jobs * STRIPES_PER_JOB };
+    // In microseconds, PostgreSQL's resolution, so no send falls between two stripes.
+    let span = (last - first).num_microseconds().unwrap_or(i64::MAX).max(0) + 1;
+    let step = (span / i64::try_from(count).unwrap_or(1)).max(1);
+    let mut out = Vec::with_capacity(count);
+    let mut start = first;
+    for _ in 1..count {
+        let end = start + TimeDelta::microseconds(step);
+        if end > last {
+            break;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out.push(start..before);
+    out
+}
+
+/// One worker: the next stripe not taken yet, batch after batch from its start to its
+/// end, until no stripe is left. Answers what it removed and its batches.
+async fn remove_stripes(
+    db: &Db,
+    plan: &Plan,
+    stripes: &[Range<DateTime<Utc>>],
+    next: &AtomicUsize,
+) -> Result<(Removed, u64), sqlx::Error> {
+    let mut removed = Removed::default();
+    let mut batches = 0;
+    while let Some(stripe) = stripes.get(next.fetch_add(1, Ordering::Relaxed)) {
+        let mut cursor = stripe.start;
+        loop {
+            let (batch, last) =
+                sends::prune::remove_batch(db, plan.before, cursor..stripe.end, plan.batch).await?;
+            if batch.sends > 0 {
+                batches += 1;
+                add(&mut removed, &removed_by(&batch));
+                tracing::debug!(sends = removed.sends, "pruning");
+            }
+            // Fewer than a batch: nothing removable is left in the stripe but what a
+            // pass holds (SKIP LOCKED passes it by, and the next prune takes it).
+            if batch.sends < u64::try_from(plan.batch).unwrap_or(0) {
+                break;
+            }
+            cursor = last.unwrap_or(cursor);
+        }
+    }
+    Ok((removed, batches))
+}
+
+/// Before any send (the dry run's range starts there).
 fn earliest() -> DateTime<Utc> {
     DateTime::from_timestamp(-2_208_988_800, 0).unwrap_or_default() // 1900-01-01
 }
@@ -165,7 +253,7 @@ fn removed_by(batch: &sends::prune::Batch) -> Removed {
 
 /// For `--dry-run`: what would go, per table (the same conditions as the batches).
 async fn would_remove(db: &Db, plan: &Plan) -> Result<Removed, sqlx::Error> {
-    let batch = sends::prune::count_removable(db, plan.before, earliest()).await?;
+    let batch = sends::prune::count_removable(db, plan.before, earliest()..plan.before).await?;
     // Conversions without a send that goes or stays: those whose send is gone already.
     let orphans = conversions::count_removable(db, plan.before).await?;
     let rates = rates::count_removable(db, plan.before).await?;
@@ -269,5 +357,63 @@ impl Report {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    /// Disjoint, in order, end to end from `first` to `before`, `last` inside.
+    fn check(
+        stripes: &[Range<DateTime<Utc>>],
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        before: DateTime<Utc>,
+    ) {
+        assert_eq!(stripes.first().unwrap().start, first);
+        assert_eq!(stripes.last().unwrap().end, before);
+        for pair in stripes.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        assert!(stripes.iter().all(|s| s.start < s.end));
+        assert_eq!(stripes.iter().filter(|s| s.contains(&last)).count(), 1);
+    }
+
+    #[test]
+    fn stripes_cover_the_range_once() {
+        let first = at("2026-11-01T00:00:00.000001Z");
+        let last = at("2026-11-01T23:59:59.999999Z");
+        let before = at("2026-11-02T00:00:00Z");
+        for jobs in [1, 2, 3, 7] {
+            let stripes = stripes(first, last, before, jobs);
+            let expected = if jobs == 1 { 1 } else { jobs * STRIPES_PER_JOB };
+            assert_eq!(stripes.len(), expected);
+            check(&stripes, first, last, before);
+        }
+        // Equal spans but the last (which runs on to `before`).
+        let four = stripes(first, last, before, 2);
+        let span = four[0].end - four[0].start;
+        assert!(
+            four[..four.len() - 1]
+                .iter()
+                .all(|s| s.end - s.start == span)
+        );
+    }
+
+    #[test]
+    fn stripes_of_a_single_instant_or_a_few_microseconds() {
+        let first = at("2026-11-01T12:00:00Z");
+        let before = at("2026-11-02T00:00:00Z");
+        let one = stripes(first, first, before, 4);
+        assert_eq!(one, vec![first..before]);
+        let last = first + TimeDelta::microseconds(2);
+        let few = stripes(first, last, before, 4);
+        assert_eq!(few.len(), 3);
+        check(&few, first, last, before);
     }
 }

@@ -897,3 +897,187 @@ async fn status_counts_what_is_not_final_and_estimates_the_history(pool: PgPool)
             .contains("estimated from the planner's statistics")
     );
 }
+
+/// Spend per day and currency as `spend_days` holds it, and as the attempts left add up.
+async fn spend_held_and_recounted(pool: &PgPool) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let held = sqlx::query_as(
+        "SELECT day::text, pay::text FROM spend_days WHERE attempts <> 0 ORDER BY day",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let recounted = sqlx::query_as(
+        "SELECT (s.sent_at AT TIME ZONE 'UTC')::date::text, sum(a.settle_pay)::text
+         FROM sends s JOIN attempts a ON a.send_id = s.id WHERE a.settle_pay IS NOT NULL
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (held, recounted)
+}
+
+#[sqlx::test]
+async fn prune_by_several_workers_removes_each_send_once_and_the_totals_add_up(pool: PgPool) {
+    let _db = db_with_app(&pool).await;
+    let db = Db::new(pool.clone());
+    let cut = at("2026-11-20T00:00:00Z");
+    let old = history_for_prune(&pool, cut, 300).await;
+    // Settled spend on every attempt, in spend_days as the stores of attempts leave it:
+    // the workers subtract from the same days at once.
+    for sql in [
+        "UPDATE attempts SET settle_pay = 0.01 + (send_id % 5) / 1000.0, settle_currency = 'EUR'",
+        "INSERT INTO spend_days (day, currency, pay, attempts)
+         SELECT (s.sent_at AT TIME ZONE 'UTC')::date, a.settle_currency, sum(a.settle_pay), count(*)
+         FROM sends s JOIN attempts a ON a.send_id = s.id GROUP BY 1, 2",
+        // Kept: a send not final and one leased (hours apart), amid the range.
+        "UPDATE sends SET state = 'recheck' WHERE id = (SELECT min(id) + 450 FROM sends)",
+        "UPDATE sends SET lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 hour'
+         WHERE id = (SELECT min(id) + 350 FROM sends)",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // The recheck send's state change marked its hour: its window's sends stay too.
+    let blocked = count(
+        &pool,
+        "SELECT count(*) FROM sends s JOIN rate_dirty d ON d.app_id = s.app_id
+           AND s.sent_at >= d.hour AND s.sent_at < d.hour + interval '1 hour' WHERE s.sent_at < $1",
+        cut,
+    )
+    .await;
+    let expected = old - 1 - blocked;
+    let plan = Plan {
+        before: cut,
+        batch: 7,
+        dry_run: true,
+    };
+    let dry = prune::run_with(&db, &plan, 4).await.unwrap();
+    let report = prune::run_with(
+        &db,
+        &Plan {
+            dry_run: false,
+            ..plan
+        },
+        4,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        report.removed, dry.removed,
+        "the dry run counts what 4 workers remove"
+    );
+    assert_eq!(report.removed.sends, expected as u64);
+    assert_eq!(report.removed.records, expected as u64);
+    assert_eq!(report.removed.attempts, 2 * expected as u64);
+    assert_eq!(
+        report.removed.record_revisions,
+        dry.removed.record_revisions
+    );
+    assert!(report.batches >= (expected as u64).div_ceil(7));
+    assert_eq!(report.kept.sends_not_final, 1);
+    assert_eq!(report.kept.sends_leased, 1);
+    assert_eq!(report.kept.sends_window_not_posted, blocked - 1);
+    assert_eq!(report.kept.sends_busy, 0);
+    // Every removed send is gone with all its children; nothing else went.
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM sends WHERE sent_at < $1", cut).await,
+        old - expected
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM sends WHERE sent_at >= $1", cut).await,
+        300
+    );
+    for child in ["records", "attempts", "record_revisions"] {
+        let orphans = count(
+            &pool,
+            &format!(
+                "SELECT count(*) FROM {child} c WHERE NOT EXISTS (SELECT 1 FROM sends s WHERE s.id = c.send_id)
+                   AND $1 IS NOT NULL"
+            ),
+            cut,
+        )
+        .await;
+        assert_eq!(orphans, 0, "{child} of removed sends are gone");
+    }
+    // The spend the workers subtracted, each from the same days at once, adds up.
+    let (held, recounted) = spend_held_and_recounted(&pool).await;
+    assert_eq!(held, recounted);
+    // One worker after four finds nothing more.
+    let again = prune::run_with(
+        &db,
+        &Plan {
+            dry_run: false,
+            ..plan
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.removed, prune::Removed::default());
+}
+
+#[sqlx::test]
+async fn prune_by_one_worker_and_by_several_remove_the_same(pool: PgPool) {
+    // The dry run counts in one statement; the same history is then removed by one
+    // worker (its older half) and by five (the rest), on batches that do not divide
+    // the stripes evenly.
+    let _db = db_with_app(&pool).await;
+    let db = Db::new(pool.clone());
+    let cut = at("2026-11-20T00:00:00Z");
+    let old = history_for_prune(&pool, cut, 250).await;
+    let plan = Plan {
+        before: cut,
+        batch: 13,
+        dry_run: true,
+    };
+    let dry = prune::run_with(&db, &plan, 1).await.unwrap();
+    assert_eq!(dry.removed.sends, old as u64);
+    // Half the history by one worker (before a cut in the middle), the rest by five.
+    let middle = cut - TimeDelta::hours(36);
+    let first = prune::run_with(
+        &db,
+        &Plan {
+            before: middle,
+            dry_run: false,
+            ..plan
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let rest = prune::run_with(
+        &db,
+        &Plan {
+            dry_run: false,
+            ..plan
+        },
+        5,
+    )
+    .await
+    .unwrap();
+    assert!(first.removed.sends > 0 && rest.removed.sends > 0);
+    assert_eq!(first.removed.sends + rest.removed.sends, dry.removed.sends);
+    assert_eq!(
+        first.removed.records + rest.removed.records,
+        dry.removed.records
+    );
+    assert_eq!(
+        first.removed.attempts + rest.removed.attempts,
+        dry.removed.attempts
+    );
+    assert_eq!(
+        first.removed.record_revisions + rest.removed.record_revisions,
+        dry.removed.record_revisions
+    );
+    assert_eq!(
+        first.removed.conversions + rest.removed.conversions,
+        dry.removed.conversions
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM sends WHERE sent_at < $1", cut).await,
+        0
+    );
+}

@@ -24,6 +24,10 @@ pub struct PruneArgs {
     /// Sends per transaction (with their records, attempts, revisions, conversions).
     #[arg(long, env = "PRUNE_BATCH_SIZE", default_value_t = 5_000)]
     pub batch_size: i64,
+    /// Workers removing sends at once, each its own connection and transactions, on
+    /// disjoint ranges of sent_at (default: one per core, at most --db-connections).
+    #[arg(long, env = "PRUNE_JOBS")]
+    pub jobs: Option<usize>,
     /// The report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
@@ -56,17 +60,19 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Exit> {
     if !(1..=100_000).contains(&args.batch_size) {
         return Err(ConfigError::Invalid("--batch-size must be 1 to 100000".into()).into());
     }
+    if args.jobs == Some(0) {
+        return Err(ConfigError::Invalid("--jobs must be at least 1".into()).into());
+    }
     let db = args.db.connect_checked().await?;
-    let report = prune::run(
-        &db,
-        &Plan {
-            before: args.before,
-            batch: args.batch_size,
-            dry_run: args.dry_run,
-        },
-    )
-    .await
-    .map_err(DbError::from)?;
+    let plan = Plan {
+        before: args.before,
+        batch: args.batch_size,
+        dry_run: args.dry_run,
+    };
+    let jobs = args.jobs.unwrap_or_else(|| prune::default_jobs(&db));
+    let report = prune::run_with(&db, &plan, jobs)
+        .await
+        .map_err(DbError::from)?;
     tracing::info!(
         removed_sends = report.removed.sends,
         dry_run = report.dry_run,

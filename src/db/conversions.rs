@@ -332,20 +332,16 @@ pub struct Kept {
     pub send_kept: i64,
 }
 
+/// Through `conversions_converted_at` and without JIT (see [`crate::db::fetch_kept`]).
 pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
-    db.counted(1);
-    let row = sqlx::query(
-        "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+    let statement = "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
                 count(*) FILTER (WHERE state = 'pending' AND in_doubt) AS in_doubt,
                 count(*) FILTER (WHERE state IN ('sent', 'rejected') AND kind = 'otp'
                                    AND EXISTS (SELECT 1 FROM sends s
                                                WHERE s.verification_id = c.message_id
                                                  AND s.app_id = c.app_id)) AS send_kept
-         FROM conversions c WHERE converted_at < $1",
-    )
-    .bind(before)
-    .fetch_one(db.pool())
-    .await?;
+         FROM conversions c WHERE converted_at < $1";
+    let row = crate::db::fetch_kept(db, statement, before).await?;
     Ok(Kept {
         pending: row.try_get("pending")?,
         in_doubt: row.try_get("in_doubt")?,

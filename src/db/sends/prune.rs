@@ -2,7 +2,8 @@
 //! a batch of them removed with their children in one statement (children first, each
 //! child's SQL from its own module), and what stays, by reason.
 //!
-//! Parameters of every statement: $1 `before`; the batches' cursor (sent_at) is $2.
+//! Parameters of every statement: $1 `before`; a batch's range of sent_at is from its
+//! cursor $2 to its stripe's end (at most `before`): $4 in a batch, $3 in a count.
 
 use super::sent_in;
 use crate::db::Db;
@@ -12,6 +13,7 @@ use crate::db::records::records_of_batch;
 use crate::db::revisions::revisions_of_batch;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
+use std::ops::Range;
 
 /// The CTEs `blocked` (rate windows not posted: their sends stay) and `waiting` (OTP
 /// conversions not posted back: their sends stay), before $1.
@@ -25,11 +27,11 @@ macro_rules! blocked_and_waiting {
     };
 }
 
-/// The sends that may go, older than $1 and from $2 on (the batch cursor), as the CTEs
-/// `blocked`, `waiting` and `batch` (id, app_id, verification_id, sent_at), `$tail`
-/// ending the batch's query (an order and a limit, or nothing).
+/// The sends that may go, sent from $2 (the batch cursor) to `$to` (the stripe's end, at
+/// most $1), as the CTEs `blocked`, `waiting` and `batch` (id, app_id, verification_id,
+/// sent_at), `$tail` ending the batch's query (an order and a limit, or nothing).
 macro_rules! removable_sends {
-    ($tail:literal) => {
+    ($to:literal, $tail:literal) => {
         concat!(
             "WITH ",
             blocked_and_waiting!(),
@@ -37,7 +39,7 @@ macro_rules! removable_sends {
          batch AS MATERIALIZED (",
             "SELECT s.id, s.app_id, s.verification_id, s.sent_at FROM sends s
              WHERE ",
-            sent_in!("s", "$2", "$1"),
+            sent_in!("s", "$2", $to),
             "
                AND s.state IN ('settled', 'expired', 'rejected') AND s.lease_token IS NULL
                AND NOT EXISTS (SELECT 1 FROM blocked b
@@ -79,18 +81,20 @@ impl Batch {
     }
 }
 
-/// One batch: up to `limit` removable sends from `cursor` on, in sent_at order, with
-/// their attempts, revisions, records and acknowledged OTP conversions: one statement,
-/// children first. Answers what went and the last sent_at removed.
+/// One batch: up to `limit` removable sends sent in `range` (from the cursor to the
+/// stripe's end, which is at most `before`), in sent_at order, with their attempts,
+/// revisions, records and acknowledged OTP conversions: one statement, children first.
+/// Answers what went and the last sent_at removed.
 pub async fn remove_batch(
     db: &Db,
     before: DateTime<Utc>,
-    cursor: DateTime<Utc>,
+    range: Range<DateTime<Utc>>,
     limit: i64,
 ) -> Result<(Batch, Option<DateTime<Utc>>), sqlx::Error> {
     db.counted(1);
     let row = sqlx::query(concat!(
         removable_sends!(
+            "$4",
             "
              ORDER BY s.sent_at
              LIMIT $3
@@ -115,22 +119,23 @@ pub async fn remove_batch(
                 (SELECT count(*) FROM v) AS revisions, (SELECT count(*) FROM c) AS conversions",
     ))
     .bind(before)
-    .bind(cursor)
+    .bind(range.start)
     .bind(limit)
+    .bind(range.end.min(before))
     .fetch_one(db.pool())
     .await?;
     Ok((Batch::from_row(&row)?, row.try_get("last")?))
 }
 
-/// For a dry run: what [`remove_batch`] would remove from `cursor` on, all at once.
+/// For a dry run: what [`remove_batch`] would remove in `range`, all at once.
 pub async fn count_removable(
     db: &Db,
     before: DateTime<Utc>,
-    cursor: DateTime<Utc>,
+    range: Range<DateTime<Utc>>,
 ) -> Result<Batch, sqlx::Error> {
     db.counted(1);
     let row = sqlx::query(concat!(
-        removable_sends!(""),
+        removable_sends!("$3", ""),
         "
          SELECT (SELECT count(*) FROM batch) AS sends,
                 ",
@@ -147,7 +152,8 @@ pub async fn count_removable(
         " AS conversions",
     ))
     .bind(before)
-    .bind(cursor)
+    .bind(range.start)
+    .bind(range.end.min(before))
     .fetch_one(db.pool())
     .await?;
     Batch::from_row(&row)
@@ -165,11 +171,11 @@ pub struct Kept {
     pub busy: i64,
 }
 
-/// After a prune, few sends older than `before` are left; in a dry run, this reads the
-/// range (as the dry run's count does).
+/// After a prune, few sends older than `before` are left (read through `sends_sent_at`,
+/// whatever the statistics say: see [`crate::db::fetch_kept`]); in a dry run, this reads
+/// the range (as the dry run's count does).
 pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<Kept, sqlx::Error> {
-    db.counted(1);
-    let row = sqlx::query(concat!(
+    let statement = concat!(
         "WITH ",
         blocked_and_waiting!(),
         ",
@@ -192,10 +198,8 @@ pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<Kept, sqlx::Erro
                 count(*) FILTER (WHERE reason = 'conversion') AS conversion,
                 count(*) FILTER (WHERE reason = 'busy') AS busy
          FROM old",
-    ))
-    .bind(before)
-    .fetch_one(db.pool())
-    .await?;
+    );
+    let row = crate::db::fetch_kept(db, statement, before).await?;
     Ok(Kept {
         not_final: row.try_get("not_final")?,
         leased: row.try_get("leased")?,
@@ -203,4 +207,22 @@ pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<Kept, sqlx::Erro
         conversion_pending: row.try_get("conversion")?,
         busy: row.try_get("busy")?,
     })
+}
+
+/// The first and last sent_at of the sends older than `before` (through `sends_sent_at`,
+/// one probe at each end), or None when there is none: the range the batches stripe.
+pub async fn sent_range(
+    db: &Db,
+    before: DateTime<Utc>,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
+    db.counted(1);
+    let row = sqlx::query(
+        "SELECT min(sent_at) AS first, max(sent_at) AS last FROM sends WHERE sent_at < $1",
+    )
+    .bind(before)
+    .fetch_one(db.pool())
+    .await?;
+    let first: Option<DateTime<Utc>> = row.try_get("first")?;
+    let last: Option<DateTime<Utc>> = row.try_get("last")?;
+    Ok(first.zip(last))
 }
