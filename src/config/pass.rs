@@ -113,15 +113,17 @@ impl PassSettings {
 
 /// The default ceiling of the in-flight limit. The limit itself adapts below it, and
 /// below the memory budget ([`DEFAULT_MEMORY_BUDGET_MIB`]): at about 52 KiB per request
-/// in flight, 768 is about what a 60 MiB budget holds against a slow provider (README,
+/// in flight, 768 is about what a 56 MiB budget holds against a slow provider (README,
 /// "Concurrency").
 pub const DEFAULT_CONCURRENCY: usize = 768;
 /// The default memory budget of a pass, in MiB: the adaptive limit stops growing when
-/// the process's resident memory passes it, so a pass stays within a 64 MiB container
+/// the process's resident memory passes it, so a pass stays near a 64 MiB container
 /// limit (README, "Concurrency"). Over the budget the limit backs off again only after
-/// another sixteenth of it (3.75 MiB), so the peak stays under 64 MiB. At 56 MiB the
-/// limit backed off at 300 ms where 768 fixed peaked at 58.6 MiB: 89% of its sends/s.
-pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 60;
+/// another sixteenth of it. 58 and 60 MiB were measured too: the same sends/s at 300
+/// ms (30,000 sends), and at 50 ms a higher peak (64.5 MiB at 60 against 64.0 at 56;
+/// at 50 ms most of the peak is answers and batches waiting for the writers, not
+/// requests in flight).
+pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 56;
 /// Sends claimed at a time and written per transaction: enough to keep the default
 /// ceiling busy between claims, and fewer statements per send.
 pub const DEFAULT_BATCH_SIZE: usize = 1_000;

@@ -22,7 +22,9 @@ use tracing::Instrument;
 
 /// The answers held between their fetch and their write, in bytes at most: beyond it,
 /// workers wait for the writers (a batch of large answers cannot grow without bound).
-pub const ANSWER_BYTES_IN_MEMORY: usize = 8 * 1024 * 1024;
+/// At 50 ms, where the writers are the bottleneck, 8 MiB gave the same sends/s as 4 and
+/// a peak RSS 0.6 MiB higher.
+pub const ANSWER_BYTES_IN_MEMORY: usize = 4 * 1024 * 1024;
 
 /// The records stage: only what it needs of the pass.
 pub struct Records<'a> {
