@@ -141,7 +141,9 @@ async fn fresh_start(
 /// verification id, a fifth by the app's own order id, a few the provider will not
 /// know), and of the conversions of about a third of them.
 fn generate(n: usize, start: DateTime<Utc>, end: DateTime<Utc>) -> (String, String) {
-    let stamp = Utc::now().format("%Y%m%d%H%M%S");
+    // To the millisecond: two demo runs within one second (a fast machine, the tests)
+    // must not make the same ids, or the second imports nothing.
+    let stamp = Utc::now().format("%Y%m%d%H%M%S%3f");
     let span_ms = (end - start).num_milliseconds().max(0);
     let mut sends = String::from("app_id,verification_id,order_id,number,channel,sent_at\n");
     let mut conversions = String::from("kind,app_id,message_id,number,converted_at\n");
