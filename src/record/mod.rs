@@ -5,7 +5,7 @@
 //! the parsed model sits beside the raw JSON it came from, which is kept for audit.
 
 mod fields;
-mod json;
+pub(crate) mod json;
 
 pub use fields::{parse_decimal, parse_int, parse_time};
 

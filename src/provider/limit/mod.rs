@@ -216,6 +216,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// An adaptive limit up to 100, without a memory budget.
+    fn adaptive() -> LimitSettings {
+        LimitSettings {
+            min: 1,
+            max: 100,
+            rate: None,
+            adaptive: true,
+            memory_budget: None,
+        }
+    }
+
     #[tokio::test]
     async fn places_stop_at_the_limit_and_come_back_when_dropped() {
         let limiter = Limiter::new(LimitSettings::fixed(2));
@@ -246,13 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_limit_that_grows_lets_the_waiting_in() {
-        let limiter = Limiter::new(LimitSettings {
-            min: 1,
-            max: 100,
-            rate: None,
-            adaptive: true,
-            memory_budget: None,
-        });
+        let limiter = Limiter::new(adaptive());
         let start = limiter.limit();
         let held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
         let next = limiter.acquire();
@@ -268,13 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_limit_grown_by_two_lets_two_waiters_in_and_the_rest_wait() {
-        let limiter = Limiter::new(LimitSettings {
-            min: 1,
-            max: 100,
-            rate: None,
-            adaptive: true,
-            memory_budget: None,
-        });
+        let limiter = Limiter::new(adaptive());
         let start = limiter.limit();
         let held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
         let (first, second, third) = (limiter.acquire(), limiter.acquire(), limiter.acquire());
@@ -303,11 +302,8 @@ mod tests {
         use std::sync::atomic::Ordering;
         let limiter = Limiter::with_probe(
             LimitSettings {
-                min: 1,
-                max: 100,
-                rate: None,
-                adaptive: true,
                 memory_budget: Some(1_000),
+                ..adaptive()
             },
             || Some(RSS.load(Ordering::Relaxed)),
         );
