@@ -532,10 +532,48 @@ async fn the_schema_rejects_what_import_would_reject(pool: PgPool) {
             "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', repeat('x', 5000), now())",
             "sends_verification_id_format",
         ),
+        (
+            "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', repeat('x', 129), now())",
+            "sends_verification_id_format",
+        ),
+        (
+            "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', '', now())",
+            "sends_verification_id_format",
+        ),
+        (
+            "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', 'caf\u{e9}', now())",
+            "sends_verification_id_format",
+        ),
+        (
+            "INSERT INTO sends (app_id, order_id, sent_at) VALUES ('app-test', 'tab\there', now())",
+            "sends_order_id_format",
+        ),
+        (
+            "INSERT INTO sends (app_id, order_id, sent_at) VALUES ('app-test', repeat('o', 129), now())",
+            "sends_order_id_format",
+        ),
+        (
+            "INSERT INTO conversions (kind, app_id, message_id, converted_at) VALUES ('otp', 'app-test', repeat('m', 129), now())",
+            "conversions_message_id_format",
+        ),
+        (
+            "INSERT INTO conversions (kind, app_id, message_id, converted_at) VALUES ('otp', 'app-test', 'two words', now())",
+            "conversions_message_id_format",
+        ),
     ] {
         let err = sqlx::query(sql).execute(db.pool()).await.unwrap_err();
         assert!(err.to_string().contains(why), "{sql}: {err}");
     }
+    // The longest ids allowed, and every printable character, are accepted.
+    for sql in [
+        "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', repeat('x', 128), now())",
+        "INSERT INTO sends (app_id, order_id, sent_at) VALUES ('app-test', repeat('o', 128), now())",
+        "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', '!~azAZ09-_.:/', now())",
+        "INSERT INTO conversions (kind, app_id, message_id, converted_at) VALUES ('otp', 'app-test', repeat('m', 128), now())",
+    ] {
+        sqlx::query(sql).execute(db.pool()).await.unwrap();
+    }
+    sqlx::query("DELETE FROM sends").execute(db.pool()).await.unwrap();
     // The same id twice is one send.
     let twice = "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', 'v-dup', now()) ON CONFLICT DO NOTHING";
     sqlx::query(twice).execute(db.pool()).await.unwrap();
