@@ -95,11 +95,10 @@ async fn a_pass_killed_half_way_loses_and_duplicates_nothing(pool: PgPool) {
     }
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
-    let leased: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sends WHERE lease_token IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM send_leases")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(leased > 0, "the kill left sends in flight");
 
     // The leases expire (on the database's clock); the next pass picks those sends up.
@@ -141,7 +140,8 @@ async fn refused_credentials_exit_3_after_at_most_concurrency_requests(pool: PgP
     );
     assert!(sim.stats().total_requests <= 4);
     let counted: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sends WHERE attempts > 0 OR lease_token IS NOT NULL",
+        "SELECT count(*) FROM sends s
+         WHERE s.attempts > 0 OR EXISTS (SELECT 1 FROM send_leases l WHERE l.send_id = s.id)",
     )
     .fetch_one(&pool)
     .await

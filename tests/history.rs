@@ -301,8 +301,9 @@ async fn simulator(sending_share: f64, sending_fetches: u32, faults: Faults) -> 
 /// Makes every send waiting for a re-check due now (the database clock, not a sleep).
 async fn rechecks_due_now(pool: &PgPool) -> u64 {
     sqlx::query(
-        "UPDATE sends SET next_check_at = now() - interval '1 second'
-         WHERE state IN ('pending', 'recheck') AND lease_token IS NULL",
+        "UPDATE sends s SET next_check_at = now() - interval '1 second'
+         WHERE s.state IN ('pending', 'recheck')
+           AND NOT EXISTS (SELECT 1 FROM send_leases l WHERE l.send_id = s.id)",
     )
     .execute(pool)
     .await
@@ -514,15 +515,14 @@ async fn every_posted_rate_equals_the_final_truth_under_faults_and_a_kill(pool: 
     killed.kill().unwrap();
     killed.wait().unwrap();
     // Its leases run out (the database clock moved, not a sleep).
-    for table in ["sends", "conversion_rates"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {table} SET lease_expires_at = now() - interval '1 second'
-             WHERE lease_token IS NOT NULL"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
+    expire_leases(&pool, "sends").await;
+    sqlx::query(
+        "UPDATE conversion_rates SET lease_expires_at = now() - interval '1 second'
+         WHERE lease_token IS NOT NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     sqlx::query(
         "UPDATE sends SET next_check_at = now() - interval '1 second'
          WHERE state IN ('pending', 'recheck')",
@@ -673,8 +673,8 @@ async fn prune_removes_only_final_history_and_says_what_it_kept(pool: PgPool) {
     let first: i64 = count(&pool, "SELECT min(id) FROM sends WHERE $1 IS NOT NULL", cut).await;
     for sql in [
         "UPDATE sends SET state = 'recheck' WHERE id = $1",
-        "UPDATE sends SET lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 hour'
-         WHERE id = $1 + 1",
+        "INSERT INTO send_leases (send_id, token, owner, expires_at)
+         VALUES ($1 + 1, gen_random_uuid(), 'a-replay', now() + interval '1 hour')",
         "UPDATE conversions SET state = 'pending', in_doubt = true
          WHERE message_id = 'p' || ($1 + 102) AND kind = 'otp'",
         "UPDATE conversion_rates SET state = 'pending'
@@ -826,7 +826,8 @@ async fn prune_while_a_pass_runs_loses_nothing(pool: PgPool) {
     let due = count(
         &pool,
         "SELECT count(*) FROM sends s JOIN records r ON r.send_id = s.id
-         WHERE s.verification_id LIKE 'due-%' AND s.state = 'settled' AND s.lease_token IS NULL
+         WHERE s.verification_id LIKE 'due-%' AND s.state = 'settled'
+           AND NOT EXISTS (SELECT 1 FROM send_leases l WHERE l.send_id = s.id)
            AND $1 IS NOT NULL",
         cut,
     )
@@ -932,8 +933,8 @@ async fn prune_by_several_workers_removes_each_send_once_and_the_totals_add_up(p
          FROM sends s JOIN attempts a ON a.send_id = s.id GROUP BY 1, 2",
         // Kept: a send not final and one leased (hours apart), amid the range.
         "UPDATE sends SET state = 'recheck' WHERE id = (SELECT min(id) + 450 FROM sends)",
-        "UPDATE sends SET lease_token = gen_random_uuid(), lease_expires_at = now() + interval '1 hour'
-         WHERE id = (SELECT min(id) + 350 FROM sends)",
+        "INSERT INTO send_leases (send_id, token, owner, expires_at)
+         SELECT min(id) + 350, gen_random_uuid(), 'a-replay', now() + interval '1 hour' FROM sends",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&pool)

@@ -403,7 +403,8 @@ async fn too_short_leases_are_refused_with_exit_2(pool: PgPool) {
     }
     assert_eq!(sim.stats().total_requests, 0);
     let touched: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sends WHERE attempts > 0 OR lease_token IS NOT NULL",
+        "SELECT count(*) FROM sends s
+         WHERE s.attempts > 0 OR EXISTS (SELECT 1 FROM send_leases l WHERE l.send_id = s.id)",
     )
     .fetch_one(&pool)
     .await

@@ -66,6 +66,14 @@ const PINNED: &[(i64, &str)] = &[
         20261128000051,
         "42a16f6c98b33628726eb39f631123f70ec9b3bf21e0f9cfc62af8df50357f5afea29919b46afd5895dad2aaf69ee506",
     ),
+    (
+        20261128000060,
+        "82f4fb9c41f283f0ef5da66d28b7c4af2f2c109077bc06f425b5c9c634d228f95142f2d7369659790935a36daeca8396",
+    ),
+    (
+        20261128000061,
+        "3e9f1cd1e77c50bed5168ed0daec0d7110b6b89bb12493288c4b53dc3cc689c29e20feb5d7fa4be6221a9a9364e9f613",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).

@@ -63,7 +63,7 @@ fn sigterm(child: &Child) {
 }
 
 async fn leased(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM sends WHERE lease_token IS NOT NULL")
+    sqlx::query_scalar("SELECT count(*) FROM send_leases")
         .fetch_one(pool)
         .await
         .unwrap()

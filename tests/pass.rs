@@ -380,11 +380,10 @@ async fn max_runtime_releases_what_has_not_started(pool: PgPool) {
         "{summary:?}"
     );
     assert_eq!(summary.checked + summary.released, summary.claimed);
-    let leased: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sends WHERE lease_token IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM send_leases")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(leased, 0);
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sends WHERE state = 'pending' AND attempts = 0")
@@ -455,6 +454,118 @@ async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
         count_by_state(&pool).await.get("settled").copied(),
         Some(10)
     );
+}
+
+/// The row versions and due times of the sends, by id: a claim must leave them alone.
+async fn send_versions(pool: &PgPool) -> Vec<(i64, String, chrono::DateTime<chrono::Utc>)> {
+    sqlx::query_as("SELECT id, xmin::text, next_check_at FROM sends ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_claim_writes_no_send_and_never_waits_for_a_lease_being_ended(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(10, "skip")).await;
+    let now = chrono::Utc::now();
+    let all = otp_reconcile::db::lease::Scope::default();
+    let before = send_versions(&pool).await;
+    let first = sends::claim(
+        &db,
+        now,
+        &claim_of(10, Duration::from_secs(60), "first-pass", &all),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.len(), 10);
+    // The leases are rows of their own: every send keeps its version and its due time.
+    assert_eq!(send_versions(&pool).await, before);
+    let leases: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM send_leases WHERE owner = 'first-pass'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(leases, 10);
+
+    // The leases run out while the first pass is writing five of its sends: their
+    // completion holds their leases (uncommitted) when another pass claims.
+    assert_eq!(expire_leases(&pool, "sends").await, 10);
+    let completion = |claimed: &[sends::Claimed]| -> Vec<Completion> {
+        claimed
+            .iter()
+            .map(|c| Completion {
+                id: c.id,
+                lease: c.lease,
+                state: SendState::Settled,
+                next_check_at: now,
+                last_error: None,
+            })
+            .collect()
+    };
+    let (writing, idle) = first.split_at(5);
+    let mut tx = pool.begin().await.unwrap();
+    let written = sends::complete(&mut tx, now, &completion(writing), false)
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 5);
+    // A claim that waited for those locks would never return while `tx` is open: the
+    // guard only turns such a hang into a failure.
+    let other = claim_of(10, Duration::from_secs(60), "other-pass", &all);
+    let taken = tokio::time::timeout(Duration::from_secs(120), sends::claim(&db, now, &other))
+        .await
+        .expect("the claim waited for a lease being ended")
+        .unwrap();
+    let mut taken_ids: Vec<i64> = taken.iter().map(|c| c.id).collect();
+    taken_ids.sort_unstable();
+    let idle_ids: Vec<i64> = idle.iter().map(|c| c.id).collect();
+    assert_eq!(
+        taken_ids, idle_ids,
+        "only the expired leases no one was ending"
+    );
+    tx.commit().await.unwrap();
+
+    // The first pass finishing the others late writes nothing: their leases are taken.
+    let mut tx = pool.begin().await.unwrap();
+    let late = sends::complete(&mut tx, now, &completion(idle), false)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(late.is_empty());
+    let counts = count_by_state(&pool).await;
+    assert_eq!(
+        (
+            counts.get("settled").copied(),
+            counts.get("pending").copied()
+        ),
+        (Some(5), Some(5))
+    );
+    let holders: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT owner FROM send_leases ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(holders, ["other-pass"]);
+    // Given back unchecked, the other pass's sends are due when they were before.
+    let released = otp_reconcile::db::lease::release(&db, &sends::DUE, now, &taken)
+        .await
+        .unwrap();
+    assert_eq!(released, 5);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM send_leases")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let due_again: Vec<(i64, String, chrono::DateTime<chrono::Utc>)> = send_versions(&pool)
+        .await
+        .into_iter()
+        .filter(|(id, _, _)| idle_ids.contains(id))
+        .collect();
+    let due_before: Vec<_> = before
+        .into_iter()
+        .filter(|(id, _, _)| idle_ids.contains(id))
+        .collect();
+    assert_eq!(due_again, due_before, "released sends are as they were");
 }
 
 #[sqlx::test]
@@ -573,7 +684,10 @@ async fn the_schema_rejects_what_import_would_reject(pool: PgPool) {
     ] {
         sqlx::query(sql).execute(db.pool()).await.unwrap();
     }
-    sqlx::query("DELETE FROM sends").execute(db.pool()).await.unwrap();
+    sqlx::query("DELETE FROM sends")
+        .execute(db.pool())
+        .await
+        .unwrap();
     // The same id twice is one send.
     let twice = "INSERT INTO sends (app_id, verification_id, sent_at) VALUES ('app-test', 'v-dup', now()) ON CONFLICT DO NOTHING";
     sqlx::query(twice).execute(db.pool()).await.unwrap();

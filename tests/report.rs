@@ -639,9 +639,9 @@ async fn status_shows_depth_leases_conversions_and_passes(pool: PgPool) {
             .await
             .unwrap();
     sqlx::query(
-        "UPDATE sends SET lease_token = gen_random_uuid(), lease_owner = 'dead-replay',
-                          lease_expires_at = now() - interval '1 hour'
-         WHERE id = ANY($1)",
+        "INSERT INTO send_leases (send_id, token, owner, expires_at)
+         SELECT id, gen_random_uuid(), 'dead-replay', now() - interval '1 hour'
+         FROM unnest($1::bigint[]) AS id",
     )
     .bind(&settled)
     .execute(&pool)
@@ -654,7 +654,7 @@ async fn status_shows_depth_leases_conversions_and_passes(pool: PgPool) {
     )
     .await;
     let left: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sends WHERE lease_owner = 'dead-replay'")
+        sqlx::query_scalar("SELECT count(*) FROM send_leases WHERE owner = 'dead-replay'")
             .fetch_one(&pool)
             .await
             .unwrap();

@@ -65,7 +65,8 @@ fn with_default_retries() -> PassSettings {
 async fn send_rows(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT concat_ws('|', id, state, attempts, next_check_at, last_error,
-                          last_checked_at, lease_token)
+                          last_checked_at,
+                          (SELECT l.token FROM send_leases l WHERE l.send_id = sends.id))
          FROM sends ORDER BY id",
     )
     .fetch_all(pool)
@@ -501,9 +502,8 @@ async fn a_replay_comes_back_to_a_send_held_elsewhere_once_it_is_released(pool: 
         .unwrap();
     // Another pass holds it, for an hour.
     sqlx::query(
-        "UPDATE sends SET lease_token = gen_random_uuid(), lease_owner = 'another-pass',
-                          lease_expires_at = now() + interval '1 hour'
-         WHERE id = $1",
+        "INSERT INTO send_leases (send_id, token, owner, expires_at)
+         VALUES ($1, gen_random_uuid(), 'another-pass', now() + interval '1 hour')",
     )
     .bind(held_id)
     .execute(&pool)
@@ -529,7 +529,7 @@ async fn a_replay_comes_back_to_a_send_held_elsewhere_once_it_is_released(pool: 
         }
         let fetched_meanwhile = sim.stats().fetches["rp-v7"].requests;
         sqlx::query(
-            "UPDATE sends SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+            "UPDATE send_leases SET expires_at = now() - interval '1 second' WHERE send_id = $1",
         )
         .bind(held_id)
         .execute(&pool)
@@ -552,9 +552,9 @@ async fn a_replay_comes_back_to_a_send_held_elsewhere_once_it_is_released(pool: 
         "the held send was replayed once"
     );
     let lease: Option<uuid::Uuid> =
-        sqlx::query_scalar("SELECT lease_token FROM sends WHERE id = $1")
+        sqlx::query_scalar("SELECT token FROM send_leases WHERE send_id = $1")
             .bind(held_id)
-            .fetch_one(&pool)
+            .fetch_optional(&pool)
             .await
             .unwrap();
     assert_eq!(lease, None);

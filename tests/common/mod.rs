@@ -196,7 +196,8 @@ impl StoredSend {
 
 pub async fn stored_sends(pool: &PgPool) -> Vec<StoredSend> {
     sqlx::query(
-        "SELECT id, verification_id, order_id, app_id, state, attempts, last_error, lease_token,
+        "SELECT id, verification_id, order_id, app_id, state, attempts, last_error,
+                (SELECT l.token FROM send_leases l WHERE l.send_id = sends.id) AS lease_token,
                 next_check_at
          FROM sends ORDER BY id",
     )
@@ -396,11 +397,8 @@ pub async fn assert_matches_simulator(pool: &PgPool, sim: &SimHandle) -> usize {
 pub async fn expire_leases(pool: &PgPool, table: &str) -> u64 {
     let sql = match table {
         "sends" => {
-            "UPDATE sends
-             SET lease_expires_at = now() - interval '1 second',
-                 next_check_at = CASE WHEN next_check_at = lease_expires_at
-                                      THEN now() - interval '1 second' ELSE next_check_at END
-             WHERE lease_token IS NOT NULL"
+            // A leased send stays due at its own time: only the lease moves.
+            "UPDATE send_leases SET expires_at = now() - interval '1 second'"
         }
         "conversions" => {
             "UPDATE conversions SET lease_expires_at = now() - interval '1 second',

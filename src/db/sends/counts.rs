@@ -169,25 +169,26 @@ pub struct Leases {
 
 pub async fn leases(db: &Db, now: DateTime<Utc>) -> Result<Leases, sqlx::Error> {
     db.counted(1);
+    // A leased send stays due: the oldest due send is read through `sends_due`, past
+    // the sends whose lease is live (as many as passes hold).
     let row = sqlx::query(concat!(
         "WITH live AS (",
         live_owners!(),
         ")
-         SELECT min(next_check_at) FILTER (WHERE ",
+         SELECT (SELECT sends.next_check_at FROM sends
+                 WHERE ",
         send_due!("sends", "$1"),
         "
-                                                  AND (lease_token IS NULL OR lease_expires_at <= $1))
-                    AS oldest_due,
-                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at <= $1) AS expired,
-                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at > $1
-                                   AND EXISTS (SELECT 1 FROM live WHERE live.owner = lease_owner)) AS leased,
-                count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at > $1
-                                   AND NOT EXISTS (SELECT 1 FROM live WHERE live.owner = lease_owner))
+                   AND NOT EXISTS (SELECT 1 FROM send_leases l
+                                   WHERE l.send_id = sends.id AND l.expires_at > $1)
+                 ORDER BY sends.next_check_at LIMIT 1) AS oldest_due,
+                count(*) FILTER (WHERE l.expires_at <= $1) AS expired,
+                count(*) FILTER (WHERE l.expires_at > $1
+                                   AND EXISTS (SELECT 1 FROM live WHERE live.owner = l.owner)) AS leased,
+                count(*) FILTER (WHERE l.expires_at > $1
+                                   AND NOT EXISTS (SELECT 1 FROM live WHERE live.owner = l.owner))
                     AS abandoned_leases
-         FROM sends
-         WHERE (",
-        send_due!("sends", "$1"),
-        ") OR lease_token IS NOT NULL",
+         FROM send_leases l",
     ))
     .bind(now)
     .fetch_one(db.pool())

@@ -2,7 +2,7 @@
 //! range or of a list of ids, whatever their state.
 
 use super::{Range, SendState, send_due, sent_in};
-use crate::db::lease::{self, Claim, Table, leased_table};
+use crate::db::lease::{self, Claim, Table, leased_by_table};
 use crate::db::{Db, in_apps};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -25,43 +25,34 @@ pub struct Claimed {
     pub due_at: DateTime<Utc>,
 }
 
-/// The sends a pass claims when they are due. While leased, a send's `next_check_at` is
-/// its lease expiry, so a crashed pass's sends come due again by themselves and claiming
-/// never walks over leased rows; a renewal moves both. A send given back unchecked is
-/// due when it was due before its claim (`due_at`): no check counted, nothing pushed
-/// back, so a pass stopped by an outage leaves its sends as they were. $9: now.
-pub static DUE: Table = leased_table! {
+/// The sends a pass claims when they are due, their leases in `send_leases`. A claim
+/// leaves the send as it was: a send given back unchecked (or whose lease ran out) is
+/// due when it was due before (`due_at`, its `next_check_at`), no check counted,
+/// nothing pushed back, so a pass stopped by an outage leaves its sends as they were.
+/// $9: now.
+pub static DUE: Table = leased_by_table! {
     table: "sends",
+    leases: "send_leases",
+    key: "send_id",
     due: send_due!("t", "$9"),
     order: "t.next_check_at",
     shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
-    on_claim: ", next_check_at = now() + $4::bigint * interval '1 millisecond', updated_at = $9",
-    on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
-                                      THEN now() + $3::bigint * interval '1 millisecond'
-                                      ELSE t.next_check_at END",
-    on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
-    before: ", t.next_check_at AS due_at",
     returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
-                due.due_at",
+                t.next_check_at AS due_at",
 };
 
-/// A table of sends a replay claims, whatever their state, in id order, by `$due`. It
-/// leaves `next_check_at` alone, so a send the replay does not change stays as it was
-/// (and is given back as it was).
+/// A table of sends a replay claims, whatever their state, in id order, by `$due`.
 macro_rules! replay_table {
     ($due:expr) => {
-        leased_table! {
+        leased_by_table! {
             table: "sends",
+            leases: "send_leases",
+            key: "send_id",
             due: $due,
             order: "t.id",
             shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
-            on_claim: "",
-            on_renew: ", next_check_at = CASE WHEN t.next_check_at = t.lease_expires_at
-                                              THEN now() + $3::bigint * interval '1 millisecond'
-                                              ELSE t.next_check_at END",
-            on_release: ", next_check_at = coalesce(u.due_at, $1), updated_at = $1",
             returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at,
-                        t.state, t.attempts, t.next_check_at AS due_at",
+                t.state, t.attempts, t.next_check_at AS due_at",
         }
     };
 }

@@ -13,7 +13,7 @@ pub use counts::{
 pub use leased::{BY_ID, Claimed, DUE, IN_RANGE, claim, claim_ids, claim_range, ids_in_range};
 
 use crate::db::Db;
-use crate::db::lease::{lease_cleared, still_held};
+use crate::db::lease::lease_rows_ended;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -185,17 +185,21 @@ pub async fn complete(
         return Ok(Vec::new());
     }
     sqlx::query_as(concat!(
-        "UPDATE sends t
+        "WITH u AS (SELECT * FROM unnest($2::bigint[], $3::uuid[], $4::text[],
+                                         $5::timestamptz[], $6::text[])
+                    AS u(id, lease, state, next_check_at, last_error)),
+         ",
+        lease_rows_ended!("ended", "send_leases", "send_id", "u"),
+        "
+         UPDATE sends t
          SET state = u.state,
              next_check_at = CASE WHEN $7 AND t.state = u.state THEN t.next_check_at ELSE u.next_check_at END,
              last_error = CASE WHEN $7 AND t.state = u.state THEN t.last_error ELSE u.last_error END,
              attempts = CASE WHEN $7 AND t.state = u.state THEN t.attempts ELSE t.attempts + 1 END,
              last_checked_at = CASE WHEN $7 AND t.state = u.state THEN t.last_checked_at ELSE $1 END,
-             updated_at = CASE WHEN $7 AND t.state = u.state THEN t.updated_at ELSE $1 END,
-             ", lease_cleared!(), "
-         FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
-              AS u(id, lease, state, next_check_at, last_error)
-         WHERE ", still_held!(), "
+             updated_at = CASE WHEN $7 AND t.state = u.state THEN t.updated_at ELSE $1 END
+         FROM u
+         WHERE t.id = u.id AND (u.id, u.lease) IN (SELECT id, lease FROM ended)
          RETURNING t.id, u.lease",
     ))
     .bind(now)
@@ -210,13 +214,15 @@ pub async fn complete(
 }
 
 /// Clears leases that expired on sends no claim comes back for (settled, rejected or
-/// expired: a replay died holding them). Answers how many.
+/// expired: a replay died holding them), and leases of sends that are gone (deleted by
+/// hand). Answers how many.
 pub async fn clear_dead_leases(db: &Db) -> Result<u64, sqlx::Error> {
     db.counted(1);
     Ok(sqlx::query(
-        "UPDATE sends SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-         WHERE lease_token IS NOT NULL AND lease_expires_at <= now()
-           AND state IN ('settled', 'rejected', 'expired')",
+        "DELETE FROM send_leases l
+         WHERE l.expires_at <= now()
+           AND NOT EXISTS (SELECT 1 FROM sends s
+                           WHERE s.id = l.send_id AND s.state IN ('pending', 'recheck'))",
     )
     .execute(db.pool())
     .await?

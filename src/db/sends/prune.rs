@@ -41,7 +41,8 @@ macro_rules! removable_sends {
              WHERE ",
             sent_in!("s", "$2", $to),
             "
-               AND s.state IN ('settled', 'expired', 'rejected') AND s.lease_token IS NULL
+               AND s.state IN ('settled', 'expired', 'rejected')
+               AND NOT EXISTS (SELECT 1 FROM send_leases l WHERE l.send_id = s.id)
                AND NOT EXISTS (SELECT 1 FROM blocked b
                                WHERE b.app_id = s.app_id AND ",
             sent_in!("s", "b.window_start", "b.window_end"),
@@ -182,7 +183,7 @@ pub async fn kept_old(db: &Db, before: DateTime<Utc>) -> Result<Kept, sqlx::Erro
          old AS (
              SELECT CASE
                  WHEN s.state IN ('pending', 'recheck') THEN 'not_final'
-                 WHEN s.lease_token IS NOT NULL THEN 'leased'
+                 WHEN EXISTS (SELECT 1 FROM send_leases l WHERE l.send_id = s.id) THEN 'leased'
                  WHEN EXISTS (SELECT 1 FROM blocked b
                               WHERE b.app_id = s.app_id AND ",
         sent_in!("s", "b.window_start", "b.window_end"),
