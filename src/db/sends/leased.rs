@@ -51,8 +51,7 @@ macro_rules! replay_table {
             due: $due,
             order: "t.id",
             shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
-            returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at,
-                t.state, t.attempts, t.next_check_at AS due_at",
+            returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts, t.next_check_at AS due_at",
         }
     };
 }
