@@ -95,6 +95,27 @@ macro_rules! expiry {
 }
 pub(crate) use expiry;
 
+/// The end of a claim's `due` query, after its own conditions: the scope ($8 the apps,
+/// $6 and $7 the shard), the order, the limit ($1), and the lock that skips rows
+/// another claim or a completion holds.
+macro_rules! claim_tail {
+    ($shard_key:literal, $order:literal) => {
+        concat!(
+            $crate::db::in_apps!("t.app_id", "$8"),
+            "
+                       AND ",
+            $crate::db::in_shard!($shard_key, "$6", "$7"),
+            "
+                     ORDER BY ",
+            $order,
+            "
+                     LIMIT $1
+                     FOR UPDATE OF t SKIP LOCKED"
+        )
+    };
+}
+pub(crate) use claim_tail;
+
 /// A table's [`Table`], from literal pieces of SQL:
 /// - `due`: which rows may be claimed (besides a free lease and the scope), a literal or
 ///   a table's due predicate (a macro giving one);
@@ -145,16 +166,8 @@ macro_rules! leased_table {
                        AND (t.lease_expires_at IS NULL
                             OR (t.lease_expires_at <= now() AND t.id <> ALL($5::bigint[])))
                        AND ",
-                $crate::db::in_apps!("t.app_id", "$8"),
-                "
-                       AND ",
-                $crate::db::in_shard!($shard_key, "$6", "$7"),
-                "
-                     ORDER BY ",
-                $order,
-                "
-                     LIMIT $1
-                     FOR UPDATE SKIP LOCKED),
+                $crate::db::lease::claim_tail!($shard_key, $order),
+                "),
                  claimed AS (UPDATE ",
                 $table,
                 " t
@@ -267,16 +280,8 @@ macro_rules! leased_by_table {
                 $key,
                 " = ANY($5::bigint[])))
                        AND ",
-                $crate::db::in_apps!("t.app_id", "$8"),
-                "
-                       AND ",
-                $crate::db::in_shard!($shard_key, "$6", "$7"),
-                "
-                     ORDER BY ",
-                $order,
-                "
-                     LIMIT $1
-                     FOR UPDATE OF t SKIP LOCKED),
+                $crate::db::lease::claim_tail!($shard_key, $order),
+                "),
                  fresh AS (
                      INSERT INTO ",
                 $leases,
