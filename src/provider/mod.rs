@@ -59,6 +59,12 @@ impl ProviderClient {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
             .redirect(redirect::Policy::none())
+            // Retries are ours (`retry`: backoff, the pass's budget, the breaker). The
+            // default policy would clone every request's headers and URL before sending
+            // it, in case HTTP/2 refused the stream; with no retry allowed it clones
+            // nothing, and a refused stream comes back as a connection error, which our
+            // policy retries.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .pool_max_idle_per_host(512)
             .tcp_nodelay(true)
             .user_agent(concat!("otp-reconcile/", env!("CARGO_PKG_VERSION")))
