@@ -24,8 +24,10 @@
 //! - it stays within `[min, max]`: `max` is `--concurrency`, and with a rate limit it
 //!   never exceeds twice what Little's law needs (`rate × latency`);
 //! - with a memory budget (`--memory-budget`), the process's resident memory is read
-//!   every [`MEMORY_CHECK_EVERY`]; over the budget and a step higher than at the last
-//!   back-off, the limit backs off and never grows back past where it then stands.
+//!   every [`MEMORY_CHECK_EVERY`]; over the budget, the allocator first gives back the
+//!   free pages it keeps ([`release_free_memory`]) and the memory is read again; still
+//!   over and a step higher than at the last back-off, the limit backs off and never
+//!   grows back past where it then stands.
 //!
 //! [`Gradient`] is the arithmetic alone, driven by samples and the times given to it,
 //! so tests need no clock; [`Limiter`] holds it behind the permits the gate hands out.
@@ -48,8 +50,23 @@ pub const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// another `budget / MEMORY_STEPS` since the last back-off.
 pub const MEMORY_STEPS: u64 = 16;
 
-/// Reads the process's resident memory, in bytes.
-pub type MemoryProbe = fn() -> Option<u64>;
+/// How the limiter reads the process's memory, and gives back what it freed. Plain
+/// functions, so tests give their own.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryProbe {
+    /// The resident memory, in bytes.
+    pub resident: fn() -> Option<u64>,
+    /// Gives the free memory the allocator keeps back to the system.
+    pub reclaim: fn(),
+}
+
+impl MemoryProbe {
+    /// This process's, from Linux and glibc.
+    pub const PROCESS: Self = Self {
+        resident: resident_bytes,
+        reclaim: release_free_memory,
+    };
+}
 
 /// The places: at most `limit()` calls hold one at a time. A call (one item's request
 /// with its retries, as a worker of a fixed `--concurrency` was) holds its place from
@@ -89,7 +106,16 @@ impl Memory {
         // Growth smaller than a step is the allocator's drift, not requests: backing
         // off for each would take the limit down to nothing while the memory stands.
         let step = self.budget / MEMORY_STEPS;
-        match (self.probe)() {
+        // Over it, the allocator first gives back its free pages, and the memory is
+        // read again: what glibc keeps of answers already freed is not the pass's.
+        let rss = match (self.probe.resident)() {
+            Some(rss) if rss > self.budget => {
+                (self.probe.reclaim)();
+                (self.probe.resident)().or(Some(rss))
+            }
+            rss => rss,
+        };
+        match rss {
             Some(rss) if rss > self.budget && rss >= self.backed_off_at + step => {
                 self.backed_off_at = rss;
                 true
@@ -108,7 +134,7 @@ pub struct Permit<'a> {
 
 impl Limiter {
     pub fn new(settings: LimitSettings) -> Self {
-        Self::with_probe(settings, resident_bytes)
+        Self::with_probe(settings, MemoryProbe::PROCESS)
     }
 
     /// The same, reading the process's memory with `probe` (tests give their own).
@@ -188,6 +214,20 @@ impl Limiter {
     /// The highest the limit reached.
     pub fn peak(&self) -> usize {
         self.state().peak_limit
+    }
+}
+
+/// Returns the free pages inside glibc's heaps to the system (`malloc_trim`). glibc
+/// gives back by itself only the free memory at the top of its heap: the free chunks
+/// between live ones (a batch of answers freed while the next is read) stay resident,
+/// so a pass's resident memory drifted up over its run though what it held did not
+/// (300 ms, 30,000 sends: 60.9 MiB peak without, 57.2 with, limit 768 either way).
+/// Called only when over the budget, at most every [`MEMORY_CHECK_EVERY`].
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only releases free pages.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -305,7 +345,10 @@ mod tests {
                 memory_budget: Some(1_000),
                 ..adaptive()
             },
-            || Some(RSS.load(Ordering::Relaxed)),
+            MemoryProbe {
+                resident: || Some(RSS.load(Ordering::Relaxed)),
+                reclaim: || {},
+            },
         );
         let start = limiter.limit();
         let _held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
@@ -338,6 +381,55 @@ mod tests {
         RSS.store(3_000, Ordering::Relaxed);
         limiter.sample(answer, later + MEMORY_CHECK_EVERY * 20);
         assert!(limiter.limit() < capped);
+    }
+
+    static HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static FREED_BUT_KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static RECLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    #[tokio::test]
+    async fn memory_the_allocator_can_give_back_is_given_back_before_the_limit_backs_off() {
+        use std::sync::atomic::Ordering;
+        let limiter = Limiter::with_probe(
+            LimitSettings {
+                memory_budget: Some(1_000),
+                ..adaptive()
+            },
+            MemoryProbe {
+                resident: || {
+                    Some(HELD.load(Ordering::Relaxed) + FREED_BUT_KEPT.load(Ordering::Relaxed))
+                },
+                reclaim: || {
+                    RECLAIMS.fetch_add(1, Ordering::Relaxed);
+                    FREED_BUT_KEPT.store(0, Ordering::Relaxed);
+                },
+            },
+        );
+        let start = limiter.limit();
+        let _held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
+        let answer = Sample::Answered(Duration::from_millis(5));
+        let step = SLOW_START_STEP as usize;
+        let mut t = Instant::now();
+        // Under the budget: nothing to give back, the allocator is left alone.
+        HELD.store(900, Ordering::Relaxed);
+        limiter.sample(answer, t);
+        assert_eq!(RECLAIMS.load(Ordering::Relaxed), 0);
+        assert_eq!(limiter.limit(), start + step);
+        // Over it only by what was freed and kept: given back, and the limit grows on.
+        FREED_BUT_KEPT.store(500, Ordering::Relaxed);
+        t += MEMORY_CHECK_EVERY;
+        limiter.sample(answer, t);
+        assert_eq!(RECLAIMS.load(Ordering::Relaxed), 1);
+        assert_eq!(limiter.limit(), start + 2 * step);
+        // Over it by what the pass holds: given back all the same, then the limit backs
+        // off.
+        HELD.store(1_500, Ordering::Relaxed);
+        FREED_BUT_KEPT.store(500, Ordering::Relaxed);
+        t += MEMORY_CHECK_EVERY;
+        limiter.sample(answer, t);
+        assert_eq!(RECLAIMS.load(Ordering::Relaxed), 2);
+        assert!(limiter.limit() < start + 2 * step, "{}", limiter.limit());
+        assert_eq!(FREED_BUT_KEPT.load(Ordering::Relaxed), 0);
     }
 
     #[test]
