@@ -192,7 +192,14 @@ async fn a_5xx_storm_opens_the_breaker(pool: PgPool) {
     let after = send_rows(&pool).await;
     let untouched = after.iter().filter(|row| before.contains(row)).count() as u64;
     assert_eq!(untouched + summary.checked, 500, "{summary:?}");
-    assert!(untouched > 400, "{untouched}");
+    // The breaker judges once its first window (10 s) is over. Until then the limit
+    // stays where it starts (20: a 5xx is no sample for it), and a call whose attempts
+    // all fail takes at least 3 s of backoff (200 + 400 + 800 + 1,600 ms), so each place
+    // ends about four calls in the window (413 to 444 left untouched in six runs, idle
+    // and beside stress-ng; 396 once in the whole suite beside another build, when the
+    // bound was 400). Ten per place is out of reach unless the breaker failed to open
+    // in its window; without a breaker every send would be touched.
+    assert!(untouched >= 300, "{untouched}");
     assert_eq!(count_by_state(&pool).await.get("rejected"), None);
 }
 
