@@ -11,7 +11,7 @@ pub mod gate;
 pub mod limit;
 pub mod outcome;
 pub mod retry;
-pub mod scan;
+pub mod shape;
 pub mod sign;
 
 pub use api::{BackfillRate, Endpoint, OrderIdQuery, OtpPostback, SmsPostback};
@@ -19,7 +19,7 @@ pub use breaker::{Breaker, BreakerSettings, Trip};
 pub use gate::Gate;
 pub use outcome::{Failure, FatalCause, Health, Transient};
 pub use retry::{RetryBudget, RetryPolicy};
-pub use scan::Limits;
+pub use shape::Limits;
 
 use crate::clock::SharedClock;
 use crate::config::ProviderSettings;

@@ -3,7 +3,7 @@
 //! status code.
 
 use super::{Failure, FatalCause, Transient};
-use crate::provider::scan::{self, Limits};
+use crate::provider::shape::{self, Limits, Unread};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -68,7 +68,7 @@ pub fn classify_within(
             after: retry_after(headers, now),
         });
     }
-    if let Err(refused) = scan::check(body, limits) {
+    if let Err(Unread::Refused(refused)) = shape::read(body, limits) {
         return Err(Failure::Unreadable {
             problem: refused.to_string(),
         });
