@@ -46,20 +46,46 @@ impl Role {
 /// search of its entries stays cheaper below it.
 pub(super) const KEYS_SEARCHED_IN_LINE: usize = 32;
 
-/// One value to read, and the tally it counts toward.
-pub(super) struct Node<'s> {
-    tally: &'s mut Tally,
+/// What the reading of one answer keeps from value to value: the tally, and the
+/// entries and items of the objects and lists being read, innermost last. One buffer
+/// for the whole answer, from which each finished object or list is moved out at its
+/// exact size: a vector grown per object cost a few reallocations for each.
+pub(super) struct Reading<'de> {
+    pub(super) tally: Tally,
+    entries: Vec<(Cow<'de, str>, Json<'de>)>,
+    items: Vec<Json<'de>>,
+}
+
+/// Room for the entries of the objects open at once in a record (the envelope's, the
+/// data's and an attempt's: about 35) and for the items of its lists, taken once
+/// rather than grown from nothing in every answer.
+const ENTRIES_AT_ONCE: usize = 64;
+const ITEMS_AT_ONCE: usize = 8;
+
+impl Reading<'_> {
+    pub(super) fn new(tally: Tally) -> Self {
+        Self {
+            tally,
+            entries: Vec::with_capacity(ENTRIES_AT_ONCE),
+            items: Vec::with_capacity(ITEMS_AT_ONCE),
+        }
+    }
+}
+
+/// One value to read, and the reading it is part of.
+pub(super) struct Node<'s, 'de> {
+    reading: &'s mut Reading<'de>,
     role: Role,
 }
 
-impl<'s> Node<'s> {
-    pub(super) fn new(tally: &'s mut Tally, role: Role) -> Self {
-        Self { tally, role }
+impl<'s, 'de> Node<'s, 'de> {
+    pub(super) fn new(reading: &'s mut Reading<'de>, role: Role) -> Self {
+        Self { reading, role }
     }
 
-    fn child(&mut self, role: Role) -> Node<'_> {
+    fn child(&mut self, role: Role) -> Node<'_, 'de> {
         Node {
-            tally: &mut *self.tally,
+            reading: &mut *self.reading,
             role,
         }
     }
@@ -67,7 +93,7 @@ impl<'s> Node<'s> {
     /// serde_json (with `arbitrary_precision`) hands a number that is no 64-bit integer
     /// as a map of one entry, its text under [`NUMBER_TOKEN`]: counted as two values,
     /// the map and its text, as every map is.
-    fn number<'de, A: MapAccess<'de>>(mut self, mut map: A) -> Result<Json<'de>, A::Error> {
+    fn number<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Json<'de>, A::Error> {
         match map.next_value_seed(self.child(Role::Other))? {
             Json::String(text) => Ok(Json::Number(text)),
             other => Err(de::Error::invalid_type(
@@ -78,7 +104,7 @@ impl<'s> Node<'s> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_> {
+impl<'de> DeserializeSeed<'de> for Node<'_, 'de> {
     type Value = Json<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
@@ -86,7 +112,7 @@ impl<'de> DeserializeSeed<'de> for Node<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Node<'_> {
+impl<'de> Visitor<'de> for Node<'_, 'de> {
     type Value = Json<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -94,65 +120,73 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Json<'de>, E> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         Ok(Json::Null)
     }
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<Json<'de>, E> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         Ok(Json::Bool(b))
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<Json<'de>, E> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         Ok(Json::Number(Cow::Owned(n.to_string())))
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<Json<'de>, E> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         Ok(Json::Number(Cow::Owned(n.to_string())))
     }
     fn visit_f64<E: de::Error>(self, n: f64) -> Result<Json<'de>, E> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         Ok(Json::Number(Cow::Owned(n.to_string())))
     }
     fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Json<'de>, E> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         Ok(Json::String(Cow::Borrowed(s)))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Json<'de>, E> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         Ok(Json::String(Cow::Owned(s.to_owned())))
     }
     fn visit_string<E: de::Error>(self, s: String) -> Result<Json<'de>, E> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         Ok(Json::String(Cow::Owned(s)))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         let role = self.role.of_element();
-        let mut items = Vec::new();
+        let start = self.reading.items.len();
+        // Counted here: after an error, the buffer also holds what the lists inside
+        // this one had read.
+        let mut index = 0usize;
         loop {
             match seq.next_element_seed(self.child(role)) {
-                Ok(Some(item)) => items.push(item),
-                Ok(None) => return Ok(Json::Array(items)),
+                Ok(Some(item)) => {
+                    self.reading.items.push(item);
+                    index += 1;
+                }
+                Ok(None) => break,
                 Err(e) => {
-                    let index = items.len();
-                    self.tally.locate(|| format!("[{index}]"));
+                    self.reading.tally.locate(|| format!("[{index}]"));
                     return Err(e);
                 }
             }
         }
+        Ok(Json::Array(self.reading.items.drain(start..).collect()))
     }
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Json<'de>, A::Error> {
-        self.tally.value()?;
+        self.reading.tally.value()?;
         // A single object where a list of attempts may be is one attempt.
         if matches!(self.role, Role::Attempts | Role::Attempt) {
-            self.tally.attempt()?;
+            self.reading.tally.attempt()?;
         }
-        let mut entries: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
-        // The keys again once there are many, to look them up without a linear search.
+        // This object's entries are `entries[start..]`; once there are many, their keys
+        // are also in `many`, to look them up without a linear search.
+        let start = self.reading.entries.len();
         let mut many: Option<HashSet<Cow<'de, str>>> = None;
         while let Some(Key(key)) = map.next_key()? {
+            let entries = &self.reading.entries[start..];
             if entries.is_empty() && key == NUMBER_TOKEN {
                 return self.number(map);
             }
@@ -162,7 +196,7 @@ impl<'de> Visitor<'de> for Node<'_> {
             };
             if seen {
                 let key = key.into_owned();
-                return Err(self.tally.refuse(Refused::DuplicateKey {
+                return Err(self.reading.tally.refuse(Refused::DuplicateKey {
                     key,
                     at: String::new(),
                 }));
@@ -171,10 +205,11 @@ impl<'de> Visitor<'de> for Node<'_> {
             let value = match map.next_value_seed(self.child(role)) {
                 Ok(value) => value,
                 Err(e) => {
-                    self.tally.locate(|| key.into_owned());
+                    self.reading.tally.locate(|| key.into_owned());
                     return Err(e);
                 }
             };
+            let entries = &self.reading.entries[start..];
             match &mut many {
                 Some(set) => {
                     set.insert(key.clone());
@@ -186,8 +221,8 @@ impl<'de> Visitor<'de> for Node<'_> {
                 }
                 None => {}
             }
-            entries.push((key, value));
+            self.reading.entries.push((key, value));
         }
-        Ok(Json::Object(entries))
+        Ok(Json::Object(self.reading.entries.drain(start..).collect()))
     }
 }

@@ -15,7 +15,7 @@ mod build;
 mod tally;
 
 use crate::record::json::Json;
-use build::{Node, Role};
+use build::{Node, Reading, Role};
 use serde::de::DeserializeSeed;
 use std::fmt;
 use tally::Tally;
@@ -98,12 +98,24 @@ pub(crate) enum Unread {
 
 /// Reads `body`, one JSON value and nothing after it, into a tree borrowing from it.
 pub(crate) fn read(body: &[u8], limits: Limits) -> Result<Json<'_>, Unread> {
-    let mut tally = Tally::new(limits);
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let read = Node::new(&mut tally, Role::Top)
+    // Read as bytes, serde_json checks each string's UTF-8 on its own; a text checked
+    // whole first is read without that. A text that is not UTF-8 is read as bytes, so
+    // that what comes before its first bad byte is checked all the same.
+    match std::str::from_utf8(body) {
+        Ok(text) => read_from(serde_json::Deserializer::from_str(text), limits),
+        Err(_) => read_from(serde_json::Deserializer::from_slice(body), limits),
+    }
+}
+
+fn read_from<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    limits: Limits,
+) -> Result<Json<'de>, Unread> {
+    let mut reading = Reading::new(Tally::new(limits));
+    let read = Node::new(&mut reading, Role::Top)
         .deserialize(&mut de)
         .and_then(|tree| de.end().map(|()| tree));
-    match (read, tally.into_refused()) {
+    match (read, reading.tally.into_refused()) {
         (Ok(tree), _) => Ok(tree),
         (Err(_), Some(refused)) => Err(Unread::Refused(refused)),
         (Err(_), None) => Err(Unread::NotJson),

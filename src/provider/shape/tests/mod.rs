@@ -235,11 +235,26 @@ fn what_is_not_one_json_value_is_left_to_the_lenient_reading() {
         );
         same_as_before(text, Limits::default());
     }
-    let invalid_utf8 = b"{\"a\":\"\xff\"}";
-    assert!(matches!(
-        read(invalid_utf8, Limits::default()),
-        Err(Unread::NotJson)
-    ));
+    // Text that is not UTF-8 is read as bytes: up to its first bad byte, it is checked
+    // as any other.
+    let limits = Limits::default();
+    for (text, expected) in [
+        (&b"{\"a\":\"\xff\"}"[..], Ok(())),
+        (b"{\"a\":1,\"a\":2,\"x\":\"\xff\"}", duplicate("a", "")),
+        (
+            b"{\"data\":{\"sms\":[{\"k\":1,\"k\":2}]},\"\xff\":0}",
+            duplicate("k", "data.sms[0]"),
+        ),
+        (b"{\"x\":\"\xff\",\"a\":1,\"a\":2}", Ok(())),
+    ] {
+        let now = match read(text, limits) {
+            Ok(_) => panic!("read: {text:?}"),
+            Err(Unread::NotJson) => Ok(()),
+            Err(Unread::Refused(refused)) => Err(refused),
+        };
+        assert_eq!(now, expected, "{text:?}");
+        assert_eq!(scan::check(text, limits), expected, "{text:?}");
+    }
     // What comes first in the text decides: a refusal before a syntax error is one.
     assert_eq!(shape(r#"{"a":1,"a":2,"b":"#), duplicate("a", ""));
     assert_eq!(shape(r#"{"b":,"a":1,"a":2}"#), Ok(()));
