@@ -50,7 +50,7 @@ impl ProviderSettings {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             max_answer_bytes: 1024 * 1024,
-            max_record_attempts: crate::provider::scan::DEFAULT_MAX_ATTEMPTS,
+            max_record_attempts: crate::provider::shape::DEFAULT_MAX_ATTEMPTS,
         })
     }
 }
@@ -154,7 +154,7 @@ pub struct ProviderArgs {
     pub max_answer_bytes: usize,
 
     /// Attempts one record may hold (sms, call and sna together); more is unreadable.
-    #[arg(long, env = "PROVIDER_MAX_RECORD_ATTEMPTS", default_value_t = crate::provider::scan::DEFAULT_MAX_ATTEMPTS)]
+    #[arg(long, env = "PROVIDER_MAX_RECORD_ATTEMPTS", default_value_t = crate::provider::shape::DEFAULT_MAX_ATTEMPTS)]
     pub max_record_attempts: usize,
 }
 

@@ -11,7 +11,7 @@ pub mod gate;
 pub mod limit;
 pub mod outcome;
 pub mod retry;
-pub mod scan;
+pub mod shape;
 pub mod sign;
 
 pub use api::{BackfillRate, Endpoint, OrderIdQuery, OtpPostback, SmsPostback};
@@ -19,12 +19,12 @@ pub use breaker::{Breaker, BreakerSettings, Trip};
 pub use gate::Gate;
 pub use outcome::{Failure, FatalCause, Health, Transient};
 pub use retry::{RetryBudget, RetryPolicy};
-pub use scan::Limits;
+pub use shape::Limits;
 
 use crate::clock::SharedClock;
 use crate::config::ProviderSettings;
 use crate::record::Fetched;
-use outcome::Envelope;
+use outcome::{Data, Envelope};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, redirect};
 use secrecy::SecretString;
@@ -102,8 +102,9 @@ impl ProviderClient {
             .pop_if_empty()
             .push(id);
         let span = tracing::debug_span!("provider.request", endpoint = "record_by_verification_id", verification_id = %id);
-        let envelope = self.send(Method::GET, url, None).instrument(span).await?;
-        record(envelope)
+        self.send(Method::GET, url, None, record)
+            .instrument(span)
+            .await
     }
 
     /// The answer to `GET /otp/verification/record/{verificationId}` as received, for
@@ -151,57 +152,59 @@ impl ProviderClient {
             order_id: order_id.to_owned(),
         };
         let span = tracing::debug_span!("provider.request", endpoint = "record_by_order_id", app_id = %app_id, order_id = %order_id);
-        let envelope = self
-            .post(Endpoint::RecordByOrderId, &body)
+        self.post(Endpoint::RecordByOrderId, &body, record)
             .instrument(span)
-            .await?;
-        record(envelope)
+            .await
     }
 
     /// `POST /otp/postback/backfill`: one converted OTP.
     pub async fn otp_postback(&self, body: &OtpPostback) -> Result<(), Failure> {
         let span = tracing::debug_span!("provider.request", endpoint = "otp_postback", verification_id = %body.verification_id);
-        self.post(Endpoint::OtpPostback, body)
+        self.post(Endpoint::OtpPostback, body, accepted)
             .instrument(span)
             .await
-            .map(drop)
     }
 
     /// `POST /sms/postback/backfill`: one converted SMS.
     pub async fn sms_postback(&self, body: &SmsPostback) -> Result<(), Failure> {
         let span = tracing::debug_span!("provider.request", endpoint = "sms_postback", msgid = %body.msgid);
-        self.post(Endpoint::SmsPostback, body)
+        self.post(Endpoint::SmsPostback, body, accepted)
             .instrument(span)
             .await
-            .map(drop)
     }
 
     /// `POST /otp/backfillRate`: one app's conversion rate in one country.
     pub async fn backfill_rate(&self, body: &BackfillRate) -> Result<(), Failure> {
         let span = tracing::debug_span!("provider.request", endpoint = "backfill_rate", app_id = %body.app_id, mcc = %body.mcc);
-        self.post(Endpoint::BackfillRate, body)
+        self.post(Endpoint::BackfillRate, body, accepted)
             .instrument(span)
             .await
-            .map(drop)
     }
 
     fn url(&self, endpoint: Endpoint) -> Url {
         self.urls[endpoint as usize].clone()
     }
 
-    async fn post<B: Serialize>(&self, endpoint: Endpoint, body: &B) -> Result<Envelope, Failure> {
+    async fn post<B: Serialize, T>(
+        &self,
+        endpoint: Endpoint,
+        body: &B,
+        read: impl FnOnce(Envelope<'_>) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
         let body = serde_json::to_vec(body).expect("request bodies serialize");
-        self.send(Method::POST, self.url(endpoint), Some(body))
+        self.send(Method::POST, self.url(endpoint), Some(body), read)
             .await
     }
 
-    /// Signs, sends, reads the answer up to the cap, and classifies it.
-    async fn send(
+    /// Signs, sends, reads the answer up to the cap, classifies it, and hands its
+    /// envelope to `read` (which borrows the answer: it is read where it lies).
+    async fn send<T>(
         &self,
         method: Method,
         url: Url,
         body: Option<Vec<u8>>,
-    ) -> Result<Envelope, Failure> {
+        read: impl FnOnce(Envelope<'_>) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
         let raw = self.exchange(method, url, body).await?;
         let outcome = outcome::classify_within(
             raw.http,
@@ -214,7 +217,7 @@ impl ProviderClient {
             Ok(env) => tracing::debug!(http = raw.http.as_u16(), status = %env.status, "answer"),
             Err(failure) => tracing::debug!(http = raw.http.as_u16(), %failure, "answer"),
         }
-        outcome
+        read(outcome?)
     }
 
     /// Signs, sends, and reads the answer up to the cap.
@@ -311,14 +314,23 @@ pub fn read_record_answer(http: reqwest::StatusCode, body: &[u8]) -> Result<Fetc
 }
 
 /// A record answer: status 0 with a readable `data`.
-fn record(envelope: Envelope) -> Result<Fetched, Failure> {
+fn record(envelope: Envelope<'_>) -> Result<Fetched, Failure> {
     let data = envelope.data.ok_or_else(|| Failure::Unreadable {
         problem: "status 0 without `data`".into(),
     })?;
-    // The text moves into the record: no copy of it.
-    Fetched::from_raw(Box::<str>::from(data).into_string()).map_err(|e| Failure::Unreadable {
+    match data {
+        Data::Read { tree, text } => Fetched::from_tree(&tree, text),
+        // The text moves into the record: no copy of it.
+        Data::Text(text) => Fetched::from_raw(Box::<str>::from(text).into_string()),
+    }
+    .map_err(|e| Failure::Unreadable {
         problem: e.to_string(),
     })
+}
+
+/// A postback's answer: status 0 is all it says.
+fn accepted(_: Envelope<'_>) -> Result<(), Failure> {
+    Ok(())
 }
 
 /// A failure below HTTP: timeouts, refused or dropped connections.

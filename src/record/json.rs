@@ -6,8 +6,9 @@
 //! is a list of its entries (a record's objects have a few dozen keys at most: a linear
 //! search is cheaper than hashing them), and numbers keep their exact text.
 //!
-//! Duplicate keys were refused before (`provider::scan`); where a text was not scanned,
-//! the last of two equal keys wins, as in `Value`.
+//! An answer's tree is built by `provider::shape`, which refuses duplicate keys on the
+//! way; [`Json::parse`] (a record's text read again) does not: the last of two equal keys
+//! wins, as in `Value`.
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
@@ -51,7 +52,7 @@ impl<'a> Json<'a> {
 
 /// The key under which serde_json (with `arbitrary_precision`) hands a number's text to
 /// a visitor, as a map of one entry.
-const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+pub(crate) const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 impl<'de> Deserialize<'de> for Json<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -118,8 +119,8 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 }
 
-/// An object key, borrowed from the text when it has no escapes (also what the
-/// duplicate-key scan, `provider::scan`, compares).
+/// An object key, borrowed from the text when it has no escapes (also what
+/// `provider::shape` compares to find duplicate keys).
 pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {

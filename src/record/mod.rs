@@ -187,7 +187,13 @@ impl Record {
         Self::from_json(&data)
     }
 
-    /// The same, from the tree the answer's text was read into.
+    /// Reads an answer's `data`, refusing first what the database could not store.
+    fn from_stored(data: &Json) -> Result<Self, RecordError> {
+        storable(data, &mut String::from("data"))?;
+        Self::from_json(data)
+    }
+
+    /// Reads an answer's `data` from the tree its text was read into.
     fn from_json(data: &Json) -> Result<Self, RecordError> {
         let Json::Object(obj) = data else {
             return Err(RecordError::new("data", "expected an object"));
@@ -276,10 +282,20 @@ impl Fetched {
     pub fn from_raw(raw: String) -> Result<Self, RecordError> {
         let data =
             Json::parse(&raw).map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
-        storable(&data, &mut String::from("data"))?;
-        let record = Record::from_json(&data)?;
+        let record = Record::from_stored(&data)?;
         drop(data);
         Ok(Self { record, raw })
+    }
+
+    /// Reads a record from the tree of an answer's `data`, built as the answer was read,
+    /// and keeps `text`, its exact text in the answer (copied once it is read), as
+    /// [`Self::from_raw`] does.
+    pub(crate) fn from_tree(data: &Json, text: &str) -> Result<Self, RecordError> {
+        let record = Record::from_stored(data)?;
+        Ok(Self {
+            record,
+            raw: text.to_owned(),
+        })
     }
 
     /// Reads a record from an answer's `data` already parsed.

@@ -1,55 +1,36 @@
 //! The classifier: an HTTP status, its headers and the body in, an [`Envelope`] or a
-//! [`Failure`] out. HTTP statuses come first, then the shape check, then the provider's
-//! status code.
+//! [`Failure`] out. HTTP statuses come first, then the shape check (while the answer is
+//! read), then the provider's status code.
 
+use super::envelope::{self, Envelope};
 use super::{Failure, FatalCause, Transient};
-use crate::provider::scan::{self, Limits};
+use crate::provider::shape::{self, Limits, Unread};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use serde::Deserialize;
-use serde_json::Value;
-use serde_json::value::RawValue;
 use std::time::Duration;
-
-/// The JSON envelope every answer carries.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub status: String,
-    pub reason: String,
-    /// `data` exactly as the provider wrote it; `None` when absent or null.
-    pub data: Option<Box<RawValue>>,
-}
-
-/// The envelope as it is read: only its three fields, `data` left as text.
-#[derive(Deserialize)]
-struct Wire {
-    status: Option<Value>,
-    reason: Option<Value>,
-    data: Option<Box<RawValue>>,
-}
 
 /// Classifies a complete answer with the default [`Limits`]. `now` is when it
 /// arrived, for `Retry-After` dates.
-pub fn classify(
+pub fn classify<'a>(
     http: StatusCode,
     headers: &HeaderMap,
-    body: &[u8],
+    body: &'a [u8],
     now: DateTime<Utc>,
-) -> Result<Envelope, Failure> {
+) -> Result<Envelope<'a>, Failure> {
     classify_within(http, headers, body, now, Limits::default())
 }
 
 /// Classifies a complete answer whose shape must stay within `limits`: an answer with
-/// duplicate keys, too many attempts or too many values is unreadable, refused before
-/// anything is built from it.
-pub fn classify_within(
+/// duplicate keys, too many attempts or too many values is unreadable, refused while it
+/// is read (see [`shape`] for what it may have built by then).
+pub fn classify_within<'a>(
     http: StatusCode,
     headers: &HeaderMap,
-    body: &[u8],
+    body: &'a [u8],
     now: DateTime<Utc>,
     limits: Limits,
-) -> Result<Envelope, Failure> {
+) -> Result<Envelope<'a>, Failure> {
     if http == StatusCode::UNAUTHORIZED || http == StatusCode::FORBIDDEN {
         return Err(Failure::Fatal {
             cause: FatalCause::Forbidden,
@@ -68,12 +49,16 @@ pub fn classify_within(
             after: retry_after(headers, now),
         });
     }
-    if let Err(refused) = scan::check(body, limits) {
-        return Err(Failure::Unreadable {
-            problem: refused.to_string(),
-        });
-    }
-    let envelope = envelope(body);
+    // One reading of the text: the tree `data` is read from is built here.
+    let envelope = match shape::read(body, limits) {
+        Ok(tree) => envelope::from_tree(body, tree),
+        Err(Unread::NotJson) => envelope::from_text(body),
+        Err(Unread::Refused(refused)) => {
+            return Err(Failure::Unreadable {
+                problem: refused.to_string(),
+            });
+        }
+    };
     if !http.is_success() {
         // A provider answer inside an error status still says what happened.
         if let Ok(env) = envelope {
@@ -102,7 +87,7 @@ pub fn classify_within(
 }
 
 /// Classifies by the provider's status code.
-fn by_status(env: Envelope, now: DateTime<Utc>) -> Result<Envelope, Failure> {
+fn by_status(env: Envelope<'_>, now: DateTime<Utc>) -> Result<Envelope<'_>, Failure> {
     let reason = env.reason.clone();
     match env.status.as_str() {
         "0" => Ok(env),
@@ -131,42 +116,6 @@ fn by_status(env: Envelope, now: DateTime<Utc>) -> Result<Envelope, Failure> {
     }
 }
 
-/// Reads `{"status", "reason", "data"}`. The status may be a string or a number.
-fn envelope(body: &[u8]) -> Result<Envelope, Failure> {
-    let malformed = |why: String| Failure::Retry {
-        cause: Transient::Malformed(why),
-        after: None,
-    };
-    let wire: Wire = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            malformed("not a JSON object".into())
-        } else {
-            malformed(format!("not JSON ({e})"))
-        }
-    })?;
-    let status = match &wire.status {
-        Some(Value::String(s)) if is_code(s.trim()) => s.trim().to_owned(),
-        Some(Value::Number(n)) if is_code(&n.to_string()) => n.to_string(),
-        _ => return Err(malformed("no integer `status`".into())),
-    };
-    // The reason is kept in the database: a NUL would fail the write.
-    let reason = match wire.reason {
-        Some(Value::String(s)) => s,
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-    .replace('\0', "\u{fffd}");
-    Ok(Envelope {
-        status,
-        reason,
-        data: wire.data.filter(|d| d.get().trim() != "null"),
-    })
-}
-
-fn is_code(s: &str) -> bool {
-    s.parse::<i64>().is_ok()
-}
-
 /// `Retry-After` as seconds or an HTTP date.
 fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -190,7 +139,7 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
 
-    fn answer(http: u16, body: &str) -> Result<Envelope, Failure> {
+    fn answer(http: u16, body: &str) -> Result<Envelope<'_>, Failure> {
         classify(
             StatusCode::from_u16(http).unwrap(),
             &HeaderMap::new(),

@@ -4,8 +4,12 @@
 //! matches on [`Failure`].
 
 mod classify;
+mod envelope;
+mod span;
 
-pub use classify::{Envelope, classify, classify_within};
+pub use classify::{classify, classify_within};
+pub(crate) use envelope::Data;
+pub use envelope::Envelope;
 
 use crate::text::escape;
 use std::time::Duration;
