@@ -57,11 +57,13 @@ impl Tally {
     pub(super) fn locate(&mut self, segment: impl FnOnce() -> String) {
         if let Some(Refused::DuplicateKey { at, .. }) = &mut self.refused {
             let segment = segment();
-            *at = match (at.is_empty(), segment.starts_with('[')) {
-                (true, _) => segment,
-                (false, true) => format!("{segment}{at}"),
-                (false, false) if at.starts_with('[') => format!("{segment}{at}"),
-                (false, false) => format!("{segment}.{at}"),
+            *at = if at.is_empty() {
+                segment
+            } else if at.starts_with('[') {
+                format!("{segment}{at}")
+            } else {
+                // After a key or an index alike: `sms[0].pay`, not `sms[0]pay`.
+                format!("{segment}.{at}")
             };
         }
     }

@@ -74,13 +74,11 @@ fn duplicate_keys_are_found_at_every_depth() {
         (r#"{"data":{"sms":{"k":1,"k":2}}}"#, "data.sms"),
         (r#"{"data":{"sms":[{"k":1,"k":2}]}}"#, "data.sms[0]"),
         (r#"[{},[0,{"k":1,"k":2}]]"#, "[1][1]"),
-        // No dot after an index, as the former pass wrote it: kept, so that no
-        // message changes.
         (
             r#"{"data":{"call":[{},{"x":{"k":1,"k":2}}]}}"#,
-            "data.call[1]x",
+            "data.call[1].x",
         ),
-        (r#"{"a":[[{"b":[{"k":1,"k":2}]}]]}"#, "a[0][0]b[0]"),
+        (r#"{"a":[[{"b":[{"k":1,"k":2}]}]]}"#, "a[0][0].b[0]"),
     ] {
         assert_eq!(shape(text), duplicate("k", at), "{text}");
         same_as_before(text, Limits::default());
