@@ -56,15 +56,20 @@ impl Tally {
     /// happened: `at` is built from the inside out.
     pub(super) fn locate(&mut self, segment: impl FnOnce() -> String) {
         if let Some(Refused::DuplicateKey { at, .. }) = &mut self.refused {
-            let segment = segment();
-            *at = if at.is_empty() {
-                segment
-            } else if at.starts_with('[') {
-                format!("{segment}{at}")
-            } else {
-                // After a key or an index alike: `sms[0].pay`, not `sms[0]pay`.
-                format!("{segment}.{at}")
-            };
+            enclose(at, segment());
         }
     }
+}
+
+/// Puts `segment` (a key, or an index `[1]`) before the place `at` it encloses, with a
+/// dot when `at` starts with a key and none when it starts with an index
+/// (`sms[0].pay`, `a[0][1]`).
+pub(super) fn enclose(at: &mut String, segment: String) {
+    *at = if at.is_empty() {
+        segment
+    } else if at.starts_with('[') {
+        format!("{segment}{at}")
+    } else {
+        format!("{segment}.{at}")
+    };
 }

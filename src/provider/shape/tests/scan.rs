@@ -1,8 +1,10 @@
 //! The separate pass over the answer's text that checked its shape before the tree was
-//! built (until the checks moved into [`super::super::read`]), kept unchanged as the
+//! built (until the checks moved into [`super::super::read`]), kept as it was (but for
+//! where a duplicate key is located, now built by the same rule) as the
 //! reference the tests compare the single pass with: the same answers must be refused
 //! for the same reasons, at the same places.
 
+use super::super::tally::enclose;
 use super::super::{Limits, Refused};
 use crate::record::json::Key;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -71,18 +73,12 @@ impl State<'_> {
         Ok(())
     }
 
-    /// On the way out of a refusal, adds this level to where it happened.
+    /// On the way out of a refusal, adds this level to where it happened (by the
+    /// single pass's own rule: the dot after an index, once missing here, was fixed in
+    /// both at once).
     fn locate(&mut self, segment: impl FnOnce() -> String) {
         if let Some(Refused::DuplicateKey { at, .. }) = &mut self.refused {
-            let segment = segment();
-            *at = if at.is_empty() {
-                segment
-            } else if at.starts_with('[') {
-                format!("{segment}{at}")
-            } else {
-                // After a key or an index alike: `sms[0].pay`, not `sms[0]pay`.
-                format!("{segment}.{at}")
-            };
+            enclose(at, segment());
         }
     }
 }
