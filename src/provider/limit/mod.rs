@@ -335,21 +335,26 @@ mod tests {
         drop(held);
     }
 
+    /// An adaptive limiter with a memory budget of 1,000 bytes, read with `probe`.
+    fn within_1000_bytes(probe: MemoryProbe) -> Limiter {
+        Limiter::with_probe(
+            LimitSettings {
+                memory_budget: Some(1_000),
+                ..adaptive()
+            },
+            probe,
+        )
+    }
+
     static RSS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
     #[tokio::test]
     async fn memory_over_the_budget_and_growing_takes_places_away() {
         use std::sync::atomic::Ordering;
-        let limiter = Limiter::with_probe(
-            LimitSettings {
-                memory_budget: Some(1_000),
-                ..adaptive()
-            },
-            MemoryProbe {
-                resident: || Some(RSS.load(Ordering::Relaxed)),
-                reclaim: || {},
-            },
-        );
+        let limiter = within_1000_bytes(MemoryProbe {
+            resident: || Some(RSS.load(Ordering::Relaxed)),
+            reclaim: || {},
+        });
         let start = limiter.limit();
         let _held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
         let t = Instant::now();
@@ -390,21 +395,15 @@ mod tests {
     #[tokio::test]
     async fn memory_the_allocator_can_give_back_is_given_back_before_the_limit_backs_off() {
         use std::sync::atomic::Ordering;
-        let limiter = Limiter::with_probe(
-            LimitSettings {
-                memory_budget: Some(1_000),
-                ..adaptive()
+        let limiter = within_1000_bytes(MemoryProbe {
+            resident: || {
+                Some(HELD.load(Ordering::Relaxed) + FREED_BUT_KEPT.load(Ordering::Relaxed))
             },
-            MemoryProbe {
-                resident: || {
-                    Some(HELD.load(Ordering::Relaxed) + FREED_BUT_KEPT.load(Ordering::Relaxed))
-                },
-                reclaim: || {
-                    RECLAIMS.fetch_add(1, Ordering::Relaxed);
-                    FREED_BUT_KEPT.store(0, Ordering::Relaxed);
-                },
+            reclaim: || {
+                RECLAIMS.fetch_add(1, Ordering::Relaxed);
+                FREED_BUT_KEPT.store(0, Ordering::Relaxed);
             },
-        );
+        });
         let start = limiter.limit();
         let _held: Vec<_> = futures::future::join_all((0..start).map(|_| limiter.acquire())).await;
         let answer = Sample::Answered(Duration::from_millis(5));
