@@ -74,6 +74,18 @@ const PINNED: &[(i64, &str)] = &[
         20261128000061,
         "3e9f1cd1e77c50bed5168ed0daec0d7110b6b89bb12493288c4b53dc3cc689c29e20feb5d7fa4be6221a9a9364e9f613",
     ),
+    (
+        20261128000070,
+        "a1ab8bc7c39ec5a8d51eec8f0a71f8b11e65c43c7c0833aac27c6e854870fb9726f693f2a4be89554657791651c20d7e",
+    ),
+    (
+        20261128000071,
+        "ab856e293a2de0c2e5c1e58c987e80e888f6357c1461820dd8512828d9cd1f28fac8243db2f9e4adeaeb9482bbb9da3e",
+    ),
+    (
+        20261128000072,
+        "5d56ae87a59c548f3e4fe08d702b7c165af3a0dda634d7fe90e8dfb355cd9e17a655c4b61138f34cb2e31c552d8d2ffe",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).

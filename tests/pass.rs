@@ -393,6 +393,64 @@ async fn max_runtime_releases_what_has_not_started(pool: PgPool) {
     assert_eq!(pending as u64, 1_000 - summary.checked);
 }
 
+/// A pass's claims of due sends go on from where the last stopped (a keyset, so a
+/// claim does not walk over what the pass holds), and still take what came due behind
+/// it: a dead pass's leases that ran out are claimed once the sends after the keyset
+/// run short, and the claims end only when nothing is due anywhere.
+#[sqlx::test]
+async fn due_claims_go_on_from_the_last_and_come_back_for_what_came_due_behind(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    // Ten sends due at the same time: the keyset orders them by id.
+    insert_sends(&db, &new_sends(10, "keyset")).await;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM sends ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    // In id order: a claim's rows come back in no order SQL promises.
+    let ids_of = |claimed: &[sends::Claimed]| -> Vec<i64> {
+        let mut ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let now = chrono::Utc::now();
+    let all = otp_reconcile::db::lease::Scope::default();
+    let lease = Duration::from_secs(60);
+    // A pass that dies holding the first three.
+    let dead = sends::claim(&db, now, &claim_of(3, lease, "dead-pass", &all))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&dead), ids[..3]);
+
+    let claims = sends::DueClaims::default();
+    let ours = claim_of(4, lease, "our-pass", &all);
+    let first = claims.claim(&db, now, &ours).await.unwrap();
+    assert_eq!(ids_of(&first), ids[3..7]);
+    // The dead pass's leases run out (on the database's clock), behind the keyset.
+    let expired = sqlx::query(
+        "UPDATE send_leases SET expires_at = now() - interval '1 second' WHERE owner = 'dead-pass'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(expired, 3);
+    // The three after the keyset first, then one from the start for the rest.
+    let second = claims.claim(&db, now, &ours).await.unwrap();
+    assert_eq!(ids_of(&second), [ids[0], ids[7], ids[8], ids[9]]);
+    // Then on from that one: the last two behind, and then nothing is due anywhere.
+    let third = claims.claim(&db, now, &ours).await.unwrap();
+    assert_eq!(ids_of(&third), [ids[1], ids[2]]);
+    assert!(claims.claim(&db, now, &ours).await.unwrap().is_empty());
+    // Every send is ours now, each under one lease.
+    let leases: Vec<(i64, String)> =
+        sqlx::query_as("SELECT send_id, owner FROM send_leases ORDER BY send_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expected: Vec<(i64, String)> = ids.iter().map(|id| (*id, "our-pass".into())).collect();
+    assert_eq!(leases, expected);
+}
+
 #[sqlx::test]
 async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
     let db = db_with_app(&pool).await;

@@ -248,7 +248,14 @@ pub(crate) use leased_table;
 /// the other way round. Only the rows whose lease it wrote come back.
 ///
 /// A row stays due while leased (the claim does not move its due time), so a claim
-/// walks over the rows leased before it: as many as are in flight.
+/// walks over the rows leased before it: as many as are in flight, unless `due` starts
+/// after them (the sends' keyset, `sends::Position`).
+///
+/// The rows whose lease it wrote are picked with `(due.id IN (...)) IS TRUE`, not a
+/// plain `IN`: a plain one becomes a semi join, and where the planner estimates one due
+/// row (a keyset inside a run of equal due times, or a generic plan) that was a nested
+/// loop, every due row against every lease written: 500,000 comparisons and 130 ms for
+/// a claim of 1,000. Wrapped, it stays a subplan, hashed once whatever the estimate.
 macro_rules! leased_by_table {
     (
         table: $table:literal,
@@ -326,7 +333,7 @@ macro_rules! leased_by_table {
                 $key,
                 " AS id)
                  SELECT due.* FROM due
-                 WHERE due.id IN (SELECT id FROM fresh UNION ALL SELECT id FROM taken)"
+                 WHERE (due.id IN (SELECT id FROM fresh UNION ALL SELECT id FROM taken)) IS TRUE"
             ),
             // As for a lease in the row: a lease locked by a write (the pass's own
             // completion ending it) is skipped, never waited for.
@@ -439,7 +446,13 @@ pub async fn claim<'q>(
 ) -> Result<(Uuid, Vec<PgRow>), sqlx::Error> {
     db.counted(1);
     let token = Uuid::new_v4();
+    // Planned with its values every time (an unnamed statement, about 0.5 ms a claim):
+    // the best plan depends on them (where the keyset is, how much is due), and the
+    // generic plan Postgres settles on after five runs estimated a handful of due rows
+    // and read and sorted every due send after the keyset (a bitmap scan), where the
+    // index gives them in order and the limit stops after a batch.
     let query = sqlx::query(table.claim)
+        .persistent(false)
         .bind(i64::try_from(c.limit).unwrap_or(i64::MAX))
         .bind(token)
         .bind(c.owner.to_owned())

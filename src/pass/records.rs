@@ -10,7 +10,7 @@ use crate::db::DbError;
 use crate::db::lease;
 use crate::db::records;
 use crate::db::revisions;
-use crate::db::sends::{self, Claimed, Completion, SendState};
+use crate::db::sends::{self, Claimed, Completion, DueClaims, SendState};
 use crate::decide::{Checked, Decision, Replayed, Schedule};
 use crate::progress::Progress;
 use crate::provider::Failure;
@@ -42,6 +42,8 @@ pub struct Records<'a> {
     replay: Option<Sweep<'a>>,
     /// Bytes of answers waiting to be written (see [`ANSWER_BYTES_IN_MEMORY`]).
     answer_bytes: Arc<Semaphore>,
+    /// Its claims of due sends, each from where the last stopped.
+    due: DueClaims,
 }
 
 impl<'a> Records<'a> {
@@ -63,6 +65,7 @@ impl<'a> Records<'a> {
             pass_id,
             replay,
             answer_bytes: Arc::new(Semaphore::new(ANSWER_BYTES_IN_MEMORY)),
+            due: DueClaims::default(),
         }
     }
 }
@@ -97,7 +100,10 @@ impl Stage for Records<'_> {
     async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Claimed>, DbError> {
         let ctx = &self.ctx;
         let claimed = match &self.replay {
-            None => sends::claim(ctx.db, ctx.clock.now(), &ctx.terms.claim(limit, held)).await?,
+            None => {
+                let c = ctx.terms.claim(limit, held);
+                self.due.claim(ctx.db, ctx.clock.now(), &c).await?
+            }
             Some(sweep) => sweep.claim(ctx, limit, held).await?,
         };
         self.counters.claimed.add(claimed.len() as u64);

@@ -6,6 +6,7 @@ use crate::db::lease::{self, Claim, Table, leased_by_table};
 use crate::db::{Db, in_apps};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
+use std::sync::Mutex;
 use uuid::Uuid;
 
 /// A send claimed by a pass.
@@ -29,13 +30,17 @@ pub struct Claimed {
 /// leaves the send as it was: a send given back unchecked (or whose lease ran out) is
 /// due when it was due before (`due_at`, its `next_check_at`), no check counted,
 /// nothing pushed back, so a pass stopped by an outage leaves its sends as they were.
-/// $9: now.
+/// It takes them in (next_check_at, id) order after a position (see [`DueClaims`]):
+/// $9 now; $10, $11 the position (NULL, 0: from the start).
 pub static DUE: Table = leased_by_table! {
     table: "sends",
     leases: "send_leases",
     key: "send_id",
-    due: send_due!("t", "$9"),
-    order: "t.next_check_at",
+    due: concat!(
+        send_due!("t", "$9"),
+        " AND (t.next_check_at, t.id) > (coalesce($10::timestamptz, '-infinity'), $11::bigint)"
+    ),
+    order: "t.next_check_at, t.id",
     shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
     returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
                 t.next_check_at AS due_at",
@@ -64,13 +69,98 @@ pub static IN_RANGE: Table = replay_table!(concat!(sent_in!("t", "$9", "$10"), "
 /// $9: the ids.
 pub static BY_ID: Table = replay_table!("t.id = ANY($9::bigint[])");
 
-/// Claims up to `c.limit` due sends at `now`, committed at once.
+/// Claims up to `c.limit` sends due at `now`, from the start of the due order, committed
+/// at once.
 pub async fn claim(
     db: &Db,
     now: DateTime<Utc>,
     c: &Claim<'_>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let (token, rows) = lease::claim(db, &DUE, c, |q| q.bind(now)).await?;
+    claim_after(db, now, None, c).await
+}
+
+/// A pass's claims of due sends, each from where the one before stopped in the due
+/// order (a keyset), not from the start.
+///
+/// From the start a claim walks over every send still leased (by this pass or any
+/// other) before it reaches a free one, each checked against `send_leases`: with a few
+/// thousand sends in flight or waiting to be written, that walk was most of a claim's
+/// time. From where the last one stopped it walks only the sends leased by others
+/// since, and what it skips locked.
+///
+/// What comes due behind the keyset (a dead pass's lease that ran out, a send recorded
+/// late, one given back) is not lost: when fewer than the limit are left after it, the
+/// same call claims the rest from the start, so a pass drains only when nothing is due
+/// anywhere.
+#[derive(Debug, Default)]
+pub struct DueClaims {
+    from: Mutex<Option<Position>>,
+}
+
+/// A place in the due order, (next_check_at, id): the index `sends_due` has both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    due_at: DateTime<Utc>,
+    id: i64,
+}
+
+impl Position {
+    /// The last of `claimed` in the due order: where the claim that took them stopped.
+    fn after(claimed: &[Claimed]) -> Option<Position> {
+        claimed
+            .iter()
+            .map(|c| Position {
+                due_at: c.due_at,
+                id: c.id,
+            })
+            .max()
+    }
+}
+
+impl DueClaims {
+    /// Up to `c.limit` sends due at `now`, from where the last claim stopped; fewer
+    /// than that left after it, the rest from the start.
+    pub async fn claim(
+        &self,
+        db: &Db,
+        now: DateTime<Utc>,
+        c: &Claim<'_>,
+    ) -> Result<Vec<Claimed>, sqlx::Error> {
+        let from = *self.from();
+        let mut claimed = claim_after(db, now, from, c).await?;
+        let mut last = Position::after(&claimed);
+        if claimed.len() < c.limit && from.is_some() {
+            let rest = Claim {
+                limit: c.limit - claimed.len(),
+                ..*c
+            };
+            let behind = claim_after(db, now, None, &rest).await?;
+            last = Position::after(&behind);
+            claimed.extend(behind);
+        }
+        *self.from() = last;
+        Ok(claimed)
+    }
+
+    fn from(&self) -> std::sync::MutexGuard<'_, Option<Position>> {
+        self.from.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Claims up to `c.limit` sends due at `now` after `after` in the due order (`None`:
+/// from the start), committed at once.
+async fn claim_after(
+    db: &Db,
+    now: DateTime<Utc>,
+    after: Option<Position>,
+    c: &Claim<'_>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let (token, rows) = lease::claim(db, &DUE, c, |q| {
+        q.bind(now)
+            .bind(after.map(|p| p.due_at))
+            .bind(after.map_or(0, |p| p.id))
+    })
+    .await?;
     claimed_rows(&rows, token)
 }
 

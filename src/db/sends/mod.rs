@@ -10,7 +10,9 @@ pub mod prune;
 pub use counts::{
     Depth, Due, Estimate, Leases, count_range, depth, due, final_estimate, last_sent_at, leases,
 };
-pub use leased::{BY_ID, Claimed, DUE, IN_RANGE, claim, claim_ids, claim_range, ids_in_range};
+pub use leased::{
+    BY_ID, Claimed, DUE, DueClaims, IN_RANGE, claim, claim_ids, claim_range, ids_in_range,
+};
 
 use crate::db::Db;
 use crate::db::lease::lease_rows_ended;
