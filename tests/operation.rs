@@ -316,3 +316,32 @@ async fn debug_logs_carry_ids_but_never_the_secret_or_a_sign(pool: PgPool) {
         assert!(logs.contains(needle), "no {needle} in the logs");
     }
 }
+
+/// A Postgres on this host is spoken to without TLS unless the URL asks for a mode: on
+/// loopback TLS protects nothing and cost both ends CPU for every batch. Asked, the
+/// URL's mode holds (`prefer` encrypts when the server offers TLS).
+#[sqlx::test]
+async fn a_postgres_on_this_host_is_spoken_to_without_tls_unless_the_url_asks(pool: PgPool) {
+    let url = db_url(&pool);
+    assert!(
+        url.contains("@127.0.0.1") || url.contains("@localhost"),
+        "the tests' Postgres is on this host: {url}"
+    );
+    let ssl = |db: otp_reconcile::db::Db| async move {
+        sqlx::query_scalar::<_, bool>("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+    };
+    let plain = otp_reconcile::db::connect(&url, 1).await.unwrap();
+    assert!(!ssl(plain).await);
+    let offered: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let asked = otp_reconcile::db::connect(&format!("{url}{sep}sslmode=prefer"), 1)
+        .await
+        .unwrap();
+    assert_eq!(ssl(asked).await, offered == "on");
+}
