@@ -402,10 +402,7 @@ async fn due_claims_go_on_from_the_last_and_come_back_for_what_came_due_behind(p
     let db = db_with_app(&pool).await;
     // Ten sends due at the same time: the keyset orders them by id.
     insert_sends(&db, &new_sends(10, "keyset")).await;
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM sends ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let ids = send_ids(&pool).await;
     // In id order: a claim's rows come back in no order SQL promises.
     let ids_of = |claimed: &[sends::Claimed]| -> Vec<i64> {
         let mut ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
@@ -630,10 +627,7 @@ async fn a_claim_writes_no_send_and_never_waits_for_a_lease_being_ended(pool: Pg
 async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(3, "idem")).await;
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM sends ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let ids = send_ids(&pool).await;
     let sim = simulator(RecordConfig::default(), Faults::default()).await;
     let fetched: Vec<Fetched> = ["idem-v0", "idem-v1", "idem-v2"]
         .iter()

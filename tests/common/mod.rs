@@ -66,6 +66,14 @@ pub async fn insert_sends(db: &Db, sends: &[NewSend]) {
     }
 }
 
+/// Every send's id, in id order.
+pub async fn send_ids(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM sends ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 /// A client for the simulator with short timeouts.
 pub fn client(sim: &SimHandle, request_timeout: Duration) -> ProviderClient {
     let mut settings = ProviderSettings::new(
