@@ -249,7 +249,7 @@ pub(crate) use leased_table;
 ///
 /// A row stays due while leased (the claim does not move its due time), so a claim
 /// walks over the rows leased before it: as many as are in flight, unless `due` starts
-/// after them (the sends' keyset, `sends::Position`).
+/// after them (the sends' keyset, `sends::DueClaims`).
 ///
 /// The rows whose lease it wrote are picked with `(due.id IN (...)) IS TRUE`, not a
 /// plain `IN`: a plain one becomes a semi join, and where the planner estimates one due
