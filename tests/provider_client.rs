@@ -672,6 +672,41 @@ async fn the_record_call_is_a_signed_get() {
 }
 
 #[tokio::test]
+async fn credentials_in_the_base_url_go_as_basic_auth_and_nowhere_else() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    // base64("proxy user:p@ss:word"), as `printf %s 'proxy user:p@ss:word' | base64`.
+    Mock::given(method("POST"))
+        .and(path("/otp/postback/backfill"))
+        .and(header("Authorization", "Basic cHJveHkgdXNlcjpwQHNzOndvcmQ="))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"status":"0"}"#))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let port = server.address().port();
+    let base = format!("http://proxy%20user:p%40ss%3Aword@127.0.0.1:{port}/");
+    let client = ProviderClient::new(&settings(&base, "k", "s"), clock::system()).unwrap();
+    assert!(!format!("{client:?}").contains("p%40ss"), "{client:?}");
+    let at = chrono::DateTime::from_timestamp(1_681_184_764, 0).unwrap();
+    client
+        .otp_postback(&OtpPostback::new("app", "v1", "91", at))
+        .await
+        .unwrap();
+    let request = &server.received_requests().await.unwrap()[0];
+    assert_eq!(request.url.path(), "/otp/postback/backfill");
+    assert_eq!(request.url.username(), "");
+    assert_eq!(request.url.password(), None);
+}
+
+#[test]
+fn an_api_key_that_cannot_be_a_header_is_refused_when_the_client_is_built() {
+    let settings = settings("http://127.0.0.1:1/", "key\u{7f}", "s");
+    let err = ProviderClient::new(&settings, clock::system()).unwrap_err();
+    assert!(err.to_string().contains("API key"), "{err}");
+}
+
+#[tokio::test]
 async fn the_client_never_shows_its_secret() {
     let sim = simulator().await;
     let client = ProviderClient::new(

@@ -523,7 +523,7 @@ async fn a_failed_push_is_logged_once_never_fails_the_pass_and_hides_credentials
     assert!(logs.contains("metrics pushed"), "{logs}");
     assert!(logs.contains("someone:***@127.0.0.1"), "{logs}");
     for secret in ["gw-pass-8812", "db-pass-4471", "prov-pass-9043"] {
-        assert!(!logs.contains(secret), "{secret} in the logs");
+        assert!(!logs.contains(secret), "{secret} in the logs: {logs}");
     }
     let samples = gateway.samples().await;
     assert_eq!(
