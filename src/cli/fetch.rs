@@ -86,7 +86,7 @@ fn shown_answer(raw: &RawAnswer) -> String {
     };
     let content_type = raw
         .headers
-        .get(reqwest::header::CONTENT_TYPE)
+        .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("none");
     format!(
@@ -105,8 +105,8 @@ mod tests {
     #[test]
     fn an_answer_is_shown_with_its_control_characters_escaped() {
         let raw = RawAnswer {
-            http: reqwest::StatusCode::OK,
-            headers: reqwest::header::HeaderMap::new(),
+            http: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
             body: b"{\"status\":\"0\",\"data\":{\"pay\":\"\x1b[2J\x07\"}}\r\n".to_vec(),
         };
         let shown = shown_answer(&raw);
