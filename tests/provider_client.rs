@@ -679,7 +679,10 @@ async fn credentials_in_the_base_url_go_as_basic_auth_and_nowhere_else() {
     // base64("proxy user:p@ss:word"), as `printf %s 'proxy user:p@ss:word' | base64`.
     Mock::given(method("POST"))
         .and(path("/otp/postback/backfill"))
-        .and(header("Authorization", "Basic cHJveHkgdXNlcjpwQHNzOndvcmQ="))
+        .and(header(
+            "Authorization",
+            "Basic cHJveHkgdXNlcjpwQHNzOndvcmQ=",
+        ))
         .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"status":"0"}"#))
         .expect(1)
         .mount(&server)
