@@ -4,28 +4,33 @@
 use md5::{Digest, Md5};
 use secrecy::{ExposeSecret, SecretString};
 
-/// The three headers every request carries.
+/// The two headers that change with every request (the client holds `Api-Key` as a
+/// header value of its own, checked once).
 pub struct SignedHeaders {
-    pub api_key: String,
     pub timestamp: String,
     pub sign: String,
 }
 
 /// The lowercase hex md5 of `key + secret + timestamp`.
 pub fn sign(api_key: &str, api_secret: &SecretString, timestamp: i64) -> String {
+    sign_text(api_key, api_secret, &timestamp.to_string())
+}
+
+/// [`sign`] of a timestamp already written out.
+fn sign_text(api_key: &str, api_secret: &SecretString, timestamp: &str) -> String {
     let mut md5 = Md5::new();
     md5.update(api_key.as_bytes());
     md5.update(api_secret.expose_secret().as_bytes());
-    md5.update(timestamp.to_string().as_bytes());
+    md5.update(timestamp.as_bytes());
     hex::encode(md5.finalize())
 }
 
 /// The headers for a request sent at `timestamp` (unix seconds).
 pub fn headers(api_key: &str, api_secret: &SecretString, timestamp: i64) -> SignedHeaders {
+    let timestamp = timestamp.to_string();
     SignedHeaders {
-        api_key: api_key.to_owned(),
-        timestamp: timestamp.to_string(),
-        sign: sign(api_key, api_secret, timestamp),
+        sign: sign_text(api_key, api_secret, &timestamp),
+        timestamp,
     }
 }
 
