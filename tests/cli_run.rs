@@ -95,6 +95,7 @@ async fn a_pass_killed_half_way_loses_and_duplicates_nothing(pool: PgPool) {
     }
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
+    end_dead_pass_backends(&pool).await;
     let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM send_leases")
         .fetch_one(&pool)
         .await

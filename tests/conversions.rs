@@ -261,6 +261,7 @@ async fn a_pass_killed_mid_postback_duplicates_only_what_was_in_flight(pool: PgP
     }
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
+    end_dead_pass_backends(&pool).await;
     // Its leases run out (on the database's clock).
     expire_leases(&pool, "conversions").await;
 

@@ -514,6 +514,7 @@ async fn every_posted_rate_equals_the_final_truth_under_faults_and_a_kill(pool: 
     }
     killed.kill().unwrap();
     killed.wait().unwrap();
+    end_dead_pass_backends(&pool).await;
     // Its leases run out (the database clock moved, not a sleep).
     expire_leases(&pool, "sends").await;
     sqlx::query(

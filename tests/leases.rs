@@ -513,19 +513,7 @@ async fn a_pass_whose_heartbeat_stopped_shows_as_abandoned(pool: PgPool) {
     until_requests(&sim, 100).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    // A statement the pass had sent (a claim) runs on in its backend after the process
-    // is gone, and commits: it would add leases between the two readings below. Its
-    // backends are ended first, waiting for each to exit (what Postgres does on its own
-    // once it finds the socket closed, at a moment no test can know).
-    let ended: Option<bool> = sqlx::query_scalar(
-        "SELECT bool_and(pg_terminate_backend(pid, 60000)) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'otp-reconcile'
-           AND pid <> pg_backend_pid()",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_ne!(ended, Some(false), "the dead pass's backends did not exit");
+    end_dead_pass_backends(&pool).await;
     let status = |pool: PgPool| async move {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-reconcile"));
         cmd.env("DATABASE_URL", db_url(&pool))

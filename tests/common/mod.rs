@@ -400,6 +400,22 @@ pub async fn assert_matches_simulator(pool: &PgPool, sim: &SimHandle) -> usize {
     settled
 }
 
+/// Ends the database backends of a pass whose process was killed, waiting for each to
+/// exit. A statement it had sent (a claim, a write) runs on in its backend after the
+/// process is gone, and commits, at a moment no test can know (when Postgres finds the
+/// socket closed): a test that reads or moves the pass's leases calls this first.
+pub async fn end_dead_pass_backends(pool: &PgPool) {
+    let ended: Option<bool> = sqlx::query_scalar(
+        "SELECT bool_and(pg_terminate_backend(pid, 60000)) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'otp-reconcile'
+           AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_ne!(ended, Some(false), "the dead pass's backends did not exit");
+}
+
 /// Moves every lease on `table` (`sends`, `conversions` or `conversion_rates`) into the
 /// past on the database's clock: what waiting for them to run out would do, at once.
 pub async fn expire_leases(pool: &PgPool, table: &str) -> u64 {
