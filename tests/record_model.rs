@@ -256,6 +256,43 @@ fn unreadable_fields_are_named() {
     assert!(unreadable("quirks/time-without-offset.json").contains("without a UTC offset"));
 }
 
+/// What the database could not store is found wherever it sits, and named: a NUL in a
+/// key or deep in an array, a number beyond `numeric` in a nested array. A backslash
+/// written before `u0000` is text, not a NUL: that answer reads, its text kept as sent.
+#[test]
+fn what_the_database_cannot_store_is_named_wherever_it_sits() {
+    let answer = |data: &str| format!(r#"{{"status":"0","reason":"ok","data":{data}}}"#);
+    for (data, field, problem) in [
+        (
+            r#"{"verifications":{"matched":0},"sms":[{"status":0},{"a\u0000b":1}]}"#,
+            "`data.sms[1]`",
+            "NUL",
+        ),
+        (
+            r#"{"verifications":{"matched":0},"sms":[{"status":0,"reason":["x","y\u0000"]}]}"#,
+            "`data.sms[0].reason[1]`",
+            "NUL",
+        ),
+        (
+            r#"{"verifications":{"matched":0},"debug":[1,[2,3e20000]]}"#,
+            "`data.debug[1][1]`",
+            "too large",
+        ),
+    ] {
+        match read_record_answer(StatusCode::OK, answer(data).as_bytes()) {
+            Err(Failure::Unreadable { problem: p }) => {
+                assert!(p.contains(field) && p.contains(problem), "{data}: {p}")
+            }
+            other => panic!("{data}: expected an unreadable answer, got {other:?}"),
+        }
+    }
+    let data = r#"{"verifications":{"matched":0},"sms":{"status":0,"sender":"C:\\u0000"}}"#;
+    let fetched = read_record_answer(StatusCode::OK, answer(data).as_bytes())
+        .unwrap_or_else(|e| panic!("{data}: {e}"));
+    assert_eq!(fetched.record.sms[0].sender.as_deref(), Some(r"C:\u0000"));
+    assert_eq!(fetched.raw, data);
+}
+
 /// The simulator writes its records in its own code: the model reads every shape it
 /// generates, still sending exactly while the simulator says so.
 #[test]

@@ -187,9 +187,16 @@ impl Record {
         Self::from_json(&data)
     }
 
-    /// Reads an answer's `data`, refusing first what the database could not store.
-    fn from_stored(data: &Json) -> Result<Self, RecordError> {
-        storable(data, &mut String::from("data"))?;
+    /// Reads an answer's `data` (the tree of `text`), refusing first what the database
+    /// could not store.
+    fn from_stored(data: &Json, text: &str) -> Result<Self, RecordError> {
+        // JSON has no raw control characters in strings: a NUL can only be written
+        // `\u0000`, so text without one has none, and the walk looks at numbers only.
+        // Only a value refused is walked again, to name where it is.
+        let nul_free = !text.contains("\\u0000");
+        if !fits(data, nul_free) {
+            storable(data, &mut String::from("data"))?;
+        }
         Self::from_json(data)
     }
 
@@ -282,7 +289,7 @@ impl Fetched {
     pub fn from_raw(raw: String) -> Result<Self, RecordError> {
         let data =
             Json::parse(&raw).map_err(|e| RecordError::new("data", format!("not JSON ({e})")))?;
-        let record = Record::from_stored(&data)?;
+        let record = Record::from_stored(&data, &raw)?;
         drop(data);
         Ok(Self { record, raw })
     }
@@ -291,7 +298,7 @@ impl Fetched {
     /// and keeps `text`, its exact text in the answer (copied once it is read), as
     /// [`Self::from_raw`] does.
     pub(crate) fn from_tree(data: &Json, text: &str) -> Result<Self, RecordError> {
-        let record = Record::from_stored(data)?;
+        let record = Record::from_stored(data, text)?;
         Ok(Self {
             record,
             raw: text.to_owned(),
@@ -314,6 +321,30 @@ impl Fetched {
     }
 }
 
+/// Whether the database can store `value` ([`storable`]'s rules), without naming what
+/// it could not: the walk every answer takes, with no path built on the way. With
+/// `nul_free` (the text has no `\u0000`), strings and keys are not searched.
+fn fits(value: &Json, nul_free: bool) -> bool {
+    match value {
+        Json::String(s) => nul_free || !s.contains('\0'),
+        Json::Number(text) => number_fits(text),
+        Json::Array(items) => items.iter().all(|v| fits(v, nul_free)),
+        Json::Object(entries) => entries
+            .iter()
+            .all(|(k, v)| (nul_free || !k.contains('\0')) && fits(v, nul_free)),
+        Json::Null | Json::Bool(_) => true,
+    }
+}
+
+/// Whether `numeric` keeps a number written `text`: no exponent beyond its range, no
+/// text longer than it reads.
+fn number_fits(text: &str) -> bool {
+    let exponent = text.split_once(['e', 'E']).map_or(Some(0), |(_, e)| {
+        e.trim_start_matches('+').parse::<i64>().ok()
+    });
+    exponent.is_some_and(|e| e.abs() <= 10_000) && text.len() <= 10_000
+}
+
 /// Refuses what PostgreSQL's `jsonb` cannot hold: NUL in strings or keys, and numbers
 /// with an exponent or a length beyond what `numeric` keeps. `path` is where `value`
 /// sits (`data.sms[1]`): one buffer, grown and cut back on the way, so that a value
@@ -322,18 +353,10 @@ fn storable(value: &Json, path: &mut String) -> Result<(), RecordError> {
     const NUL: &str = "contains a NUL character, which the database cannot store";
     match value {
         Json::String(s) if s.contains('\0') => Err(RecordError::new(path.as_str(), NUL)),
-        Json::Number(text) => {
-            let exponent = text.split_once(['e', 'E']).map_or(Some(0), |(_, e)| {
-                e.trim_start_matches('+').parse::<i64>().ok()
-            });
-            match exponent {
-                Some(e) if e.abs() <= 10_000 && text.len() <= 10_000 => Ok(()),
-                _ => Err(RecordError::new(
-                    path.as_str(),
-                    "a number too large for the database to store",
-                )),
-            }
-        }
+        Json::Number(text) if !number_fits(text) => Err(RecordError::new(
+            path.as_str(),
+            "a number too large for the database to store",
+        )),
         Json::Array(items) => {
             let len = path.len();
             for (i, v) in items.iter().enumerate() {
