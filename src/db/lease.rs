@@ -264,7 +264,7 @@ macro_rules! leased_by_table {
         due: $due:expr,
         order: $order:literal,
         shard_key: $shard_key:literal,
-        returning: $returning:literal $(,)?
+        returning: $returning:expr $(,)?
     ) => {
         $crate::db::lease::Table {
             name: $table,

@@ -5,7 +5,7 @@ use super::{Range, SendState, send_due, sent_in};
 use crate::db::lease::{self, Claim, Table, leased_by_table};
 use crate::db::{Db, in_apps};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+use sqlx::FromRow;
 use std::sync::Mutex;
 use uuid::Uuid;
 
@@ -26,6 +26,13 @@ pub struct Claimed {
     pub due_at: DateTime<Utc>,
 }
 
+/// The columns a claim of sends returns, read by position ([`claimed_rows`]).
+macro_rules! claimed_columns {
+    () => {
+        "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts, t.next_check_at AS due_at"
+    };
+}
+
 /// The sends a pass claims when they are due, their leases in `send_leases`. A claim
 /// leaves the send as it was: a send given back unchecked (or whose lease ran out) is
 /// due when it was due before (`due_at`, its `next_check_at`), no check counted,
@@ -42,8 +49,7 @@ pub static DUE: Table = leased_by_table! {
     ),
     order: "t.next_check_at, t.id",
     shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
-    returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts,
-                t.next_check_at AS due_at",
+    returning: claimed_columns!(),
 };
 
 /// A table of sends a replay claims, whatever their state, in id order, by `$due`.
@@ -56,7 +62,7 @@ macro_rules! replay_table {
             due: $due,
             order: "t.id",
             shard_key: "coalesce(verification_id, app_id || ':' || order_id)",
-            returning: "t.id, t.app_id, t.verification_id, t.order_id, t.number, t.sent_at, t.state, t.attempts, t.next_check_at AS due_at",
+            returning: claimed_columns!(),
         }
     };
 }
@@ -164,21 +170,37 @@ async fn claim_after(
     claimed_rows(&rows, token)
 }
 
+/// A claimed row's columns, in the order of [`claimed_columns`].
+type ClaimedColumns = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+    String,
+    i32,
+    DateTime<Utc>,
+);
+
+/// The claimed rows, read by position ([`claimed_columns`] names them in this order): by name,
+/// each column of each row was a hashed lookup, 4% of the job's instructions per send.
 fn claimed_rows(rows: &[sqlx::postgres::PgRow], token: Uuid) -> Result<Vec<Claimed>, sqlx::Error> {
     rows.iter()
         .map(|row| {
-            let state: String = row.try_get("state")?;
+            let (id, app_id, verification_id, order_id, number, sent_at, state, attempts, due_at) =
+                ClaimedColumns::from_row(row)?;
             Ok(Claimed {
-                id: row.try_get("id")?,
-                app_id: row.try_get("app_id")?,
-                verification_id: row.try_get("verification_id")?,
-                order_id: row.try_get("order_id")?,
-                number: row.try_get("number")?,
-                sent_at: row.try_get("sent_at")?,
+                id,
+                app_id,
+                verification_id,
+                order_id,
+                number,
+                sent_at,
                 state: SendState::parse(&state).unwrap_or(SendState::Recheck),
-                attempts: row.try_get("attempts")?,
+                attempts,
                 lease: token,
-                due_at: row.try_get("due_at")?,
+                due_at,
             })
         })
         .collect()
