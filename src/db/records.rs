@@ -7,8 +7,8 @@ use crate::db::spend::add_spend;
 use crate::record::{CallAttempt, Fetched, Settlement, SmsAttempt, SnaAttempt};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use rustc_hash::FxHashSet;
 use sqlx::PgConnection;
-use std::collections::HashSet;
 
 /// What a store changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -150,7 +150,7 @@ pub async fn store(
     }
     // Only the sends held, filtered here: a filter `= ANY(held)` in SQL compares every
     // row with every id.
-    let held: HashSet<i64> = held.iter().copied().collect();
+    let held: FxHashSet<i64> = held.iter().copied().collect();
     let fetched: Vec<(i64, &Fetched)> = fetched
         .iter()
         .filter(|(id, _)| held.contains(id))
@@ -162,7 +162,7 @@ pub async fn store(
     let (records, inserted) = store_records(conn, now, &fetched).await?;
     // A send whose record was inserted now had none, so it has no attempts to compare
     // with, replace or subtract from the spend: only the others are read.
-    let inserted: HashSet<i64> = inserted.into_iter().collect();
+    let inserted: FxHashSet<i64> = inserted.into_iter().collect();
     let before: Vec<i64> = fetched
         .iter()
         .map(|(id, _)| *id)

@@ -10,7 +10,7 @@
 use crate::db::lease::{self, Leased, Table};
 use crate::db::passes;
 use crate::db::{Db, DbError};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -27,7 +27,7 @@ struct Holding {
 #[derive(Debug)]
 pub struct Holdings {
     pub table: &'static Table,
-    items: Mutex<HashMap<i64, Holding>>,
+    items: Mutex<FxHashMap<i64, Holding>>,
 }
 
 impl Holdings {
@@ -38,7 +38,7 @@ impl Holdings {
         }
     }
 
-    fn items(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Holding>> {
+    fn items(&self) -> std::sync::MutexGuard<'_, FxHashMap<i64, Holding>> {
         self.items.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -83,7 +83,7 @@ impl Holdings {
         sent: Instant,
         lease: Duration,
     ) -> usize {
-        let found: HashMap<i64, lease::Renewed> = found.iter().map(|r| (r.id, *r)).collect();
+        let found: FxHashMap<i64, lease::Renewed> = found.iter().map(|r| (r.id, *r)).collect();
         let mut held = self.items();
         let mut lost = 0;
         for (id, token) in asked {

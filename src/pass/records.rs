@@ -15,7 +15,7 @@ use crate::decide::{Checked, Decision, Replayed, Schedule};
 use crate::progress::Progress;
 use crate::provider::Failure;
 use crate::record::Fetched;
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
@@ -192,12 +192,12 @@ impl Stage for Records<'_> {
             let replay = self.replay.is_some();
             // Completed under their lease: each (id, token) once. Only those records are
             // stored, so a batch never writes a send twice.
-            let completed: HashSet<(i64, uuid::Uuid)> =
+            let completed: FxHashSet<(i64, uuid::Uuid)> =
                 sends::complete(&mut tx, now, &completions, replay)
                     .await?
                     .into_iter()
                     .collect();
-            let mut seen = HashSet::new();
+            let mut seen = FxHashSet::default();
             let (regressions, fetched): (Vec<_>, Vec<_>) = batch
                 .iter()
                 .filter(|c| {
@@ -268,7 +268,7 @@ impl Records<'_> {
     fn count(
         &self,
         batch: &[CheckedSend],
-        held: &HashSet<(i64, uuid::Uuid)>,
+        held: &FxHashSet<(i64, uuid::Uuid)>,
         stored: records::Stored,
     ) {
         let c = self.counters;
