@@ -298,6 +298,15 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx never shrinks a connection's buffers: each would keep the largest
+        // statement it ever sent (a batch of 1,000 records and their attempts is a few
+        // MiB) and the largest answer it read, on every connection of the pool in turn.
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                sqlx::Connection::shrink_buffers(conn);
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options);
     let opened = futures::future::try_join_all((0..max_connections).map(|_| pool.acquire()))
         .await
