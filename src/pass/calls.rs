@@ -53,6 +53,11 @@ impl<'a> Calls<'a> {
         }
     }
 
+    /// Calls that may be in flight now (the in-flight limit).
+    pub fn places(&self) -> usize {
+        self.gate.in_flight_limit().0
+    }
+
     /// The answer that refused our credentials and stopped the pass, if one did.
     pub fn take_fatal(&self) -> Option<Failure> {
         self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()

@@ -81,6 +81,9 @@ pub trait Stage: Sync {
     /// Claims up to `limit` due items under a lease, committed at once, none of `held`.
     async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Self::Item>, DbError>;
 
+    /// How many items may be worked at once now: the pass's in-flight limit.
+    fn places(&self) -> usize;
+
     /// Works one item.
     async fn work(&self, item: Self::Item) -> Worked<Self::Item, Self::Done>;
 
@@ -131,23 +134,34 @@ pub async fn run<S: Stage>(
     let (done_tx, done_rx) = mpsc::channel(shape.write_batch.max(1) * (shape.writers.max(1) + 1));
     let claimer = claim_all(stage, claim_batch, shape.lease, work_tx, stop);
     let workers = async move {
-        futures::stream::poll_fn(|cx| work_rx.poll_recv(cx))
-            // Once the stage is stopping, what waits in the queue is given back unstarted.
-            .map(|item| async {
-                if stop.is_cancelled() {
-                    Worked::Release(item)
-                } else {
-                    stage.work(item).await
-                }
-            })
-            .buffer_unordered(shape.concurrency.max(1))
-            .for_each(|worked| {
-                let done_tx = done_tx.clone();
-                async move {
+        let mut working = futures::stream::FuturesUnordered::new();
+        let mut queue_open = true;
+        loop {
+            // An item leaves the queue only when a place under the in-flight limit is
+            // free (or the stage is stopping, when it is given back unstarted): with
+            // the ceiling's worth of items taken at once, the adaptive limit's hundreds
+            // of waiting calls cost CPU per send (wakeups, and items held in memory
+            // instead of in the queue).
+            let room = stop.is_cancelled()
+                || working.len() < shape.concurrency.max(1).min(stage.places().max(1));
+            tokio::select! {
+                item = work_rx.recv(), if queue_open && room => match item {
+                    Some(item) => working.push(async {
+                        if stop.is_cancelled() {
+                            Worked::Release(item)
+                        } else {
+                            stage.work(item).await
+                        }
+                    }),
+                    None => queue_open = false,
+                },
+                Some(worked) = working.next(), if !working.is_empty() => {
                     let _ = done_tx.send(worked).await;
                 }
-            })
-            .await;
+                else => break,
+            }
+        }
+        drop(done_tx);
         Ok::<(), DbError>(())
     };
     let writer = write_all(stage, shape, done_rx);
@@ -278,5 +292,107 @@ async fn write_all<S: Stage>(
                 writing.push(write(std::mem::take(&mut done), std::mem::take(&mut released)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::sends::DUE;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use uuid::Uuid;
+
+    struct Item(i64);
+
+    impl Leased for Item {
+        fn id(&self) -> i64 {
+            self.0
+        }
+        fn lease(&self) -> Uuid {
+            Uuid::nil()
+        }
+    }
+
+    /// Items 1 to `items` in one claim; each worked item waits for its turn (a
+    /// semaphore the test hands permits to), counting how many are being worked.
+    struct Counting {
+        holdings: Holdings,
+        items: Mutex<Option<Vec<Item>>>,
+        places: usize,
+        turns: tokio::sync::Semaphore,
+        working: AtomicUsize,
+        most: AtomicUsize,
+        written: AtomicUsize,
+    }
+
+    impl Stage for Counting {
+        type Item = Item;
+        type Done = i64;
+
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn holdings(&self) -> &Holdings {
+            &self.holdings
+        }
+        fn done_id(done: &i64) -> i64 {
+            *done
+        }
+        async fn claim(&self, _: usize, _: &[i64]) -> Result<Vec<Item>, DbError> {
+            Ok(self.items.lock().unwrap().take().unwrap_or_default())
+        }
+        fn places(&self) -> usize {
+            self.places
+        }
+        async fn work(&self, item: Item) -> Worked<Item, i64> {
+            let now = self.working.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.turns.acquire().await.unwrap().forget();
+            self.working.fetch_sub(1, Ordering::SeqCst);
+            Worked::Done(item.0)
+        }
+        async fn write(&self, done: Vec<i64>, _: Vec<Item>) -> Result<(), DbError> {
+            self.written.fetch_add(done.len(), Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Under a ceiling of 50 with 3 places, 3 items are worked at a time, not 50: the
+    /// others wait in the queue until a place is free.
+    #[tokio::test]
+    async fn items_leave_the_queue_only_for_a_free_place() {
+        let stage = Counting {
+            holdings: Holdings::new(&DUE),
+            items: Mutex::new(Some((1..=20).map(Item).collect())),
+            places: 3,
+            turns: tokio::sync::Semaphore::new(0),
+            working: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            written: AtomicUsize::new(0),
+        };
+        let shape = Shape {
+            claim_batch: 20,
+            write_batch: 5,
+            writers: 1,
+            concurrency: 50,
+            write_interval: Duration::from_secs(3600),
+            lease: Duration::from_secs(60),
+        };
+        let stop = CancellationToken::new();
+        let turns = async {
+            // A turn at a time, each after the pipeline has had every chance to start
+            // more items (one thread: yielding lets it run until it waits).
+            for _ in 0..20 {
+                for _ in 0..100 {
+                    tokio::task::yield_now().await;
+                }
+                stage.turns.add_permits(1);
+            }
+        };
+        let (end, ()) = tokio::join!(run(&stage, shape, &stop), turns);
+        assert_eq!(end.unwrap(), StageEnd::Drained);
+        assert_eq!(stage.written.load(Ordering::SeqCst), 20);
+        assert_eq!(stage.most.load(Ordering::SeqCst), 3);
     }
 }

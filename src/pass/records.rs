@@ -110,6 +110,10 @@ impl Stage for Records<'_> {
         Ok(claimed)
     }
 
+    fn places(&self) -> usize {
+        self.ctx.calls.places()
+    }
+
     async fn work(&self, send: Claimed) -> Worked<Claimed, CheckedSend> {
         let span = tracing::debug_span!(
             "send",
