@@ -16,6 +16,20 @@ pub const TOLERANCE: f64 = 2.0;
 pub const SMOOTHING: f64 = 0.2;
 /// The factor a timeout or 429 multiplies the limit by.
 pub const BACKOFF: f64 = 0.9;
+/// Above the floor, slow start ends once the short-term latency is this many times
+/// what it was at the floor (as TCP's HyStart ends slow start on a rise of the delay,
+/// before the losses).
+pub const SLOW_START_EXIT: f64 = 1.25;
+/// Latency alone never holds the limit below this: slow start goes on up to it, and
+/// the gradient never takes the limit under it. Timeouts, 429s and the memory budget
+/// do, and lower it for the rest of the pass to where they took the limit. Requests
+/// queueing in this process read as a provider queueing them, and
+/// a pass whose machine is its bottleneck then held 50 to 180 in flight against a
+/// provider answering in 1 ms, each spending more CPU (more wakeups, fewer answers per
+/// poll) for fewer sends/s than at 128 (README, "Benchmark": 2 cores, fixed 48: -20%,
+/// 96 to 256 the same). Slow start still begins at 20 and grows only with answers, so
+/// a provider that fails from the start is not met by 128 places at once.
+pub const FLOOR: f64 = 128.0;
 
 /// What one request came to, as the limit sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,6 +90,12 @@ pub struct Gradient {
     /// The highest the limit may go given the memory the process holds: lowered by
     /// [`Gradient::over_memory`], never raised (`INFINITY` until then).
     memory_ceiling: f64,
+    /// Below this, latency does not hold the limit back ([`FLOOR`], lowered to where a
+    /// back-off took the limit).
+    floor: f64,
+    /// The short-term latency when slow start passed the floor: above the floor, slow
+    /// start ends once answers come [`SLOW_START_EXIT`] times slower than that.
+    short_at_floor: Option<f64>,
 }
 
 /// What slow start adds per answer: two, so the limit triples every round trip (768
@@ -111,6 +131,8 @@ impl Gradient {
             slow_start: true,
             backoff_after: None,
             memory_ceiling: f64::INFINITY,
+            floor: FLOOR,
+            short_at_floor: None,
         }
     }
 
@@ -125,6 +147,7 @@ impl Gradient {
         }
         self.slow_start = false;
         self.limit *= BACKOFF;
+        self.floor = self.floor.min(self.limit);
         self.memory_ceiling = self.memory_ceiling.min(self.limit.floor().max(1.0));
         self.bound();
     }
@@ -146,6 +169,7 @@ impl Gradient {
                 if self.backoff_after.is_none_or(|t| now >= t) {
                     self.slow_start = false;
                     self.limit *= BACKOFF;
+                    self.floor = self.floor.min(self.limit);
                     let wait = Duration::from_secs_f64(self.short.unwrap_or(0.1));
                     self.backoff_after = Some(now + wait);
                 }
@@ -168,8 +192,9 @@ impl Gradient {
             self.baseline = [f64::INFINITY, self.baseline[0]];
             self.window_started = Some(now);
             // The baseline may have moved (a provider that became slower): probe again
-            // as at the start.
+            // as at the start, from the latency now.
             self.slow_start = true;
+            self.short_at_floor = None;
         }
         self.baseline[0] = self.baseline[0].min(short);
         let baseline = self.baseline[0].min(self.baseline[1]);
@@ -178,17 +203,25 @@ impl Gradient {
             return;
         }
         let ratio = short / baseline;
-        if ratio <= TOLERANCE && self.slow_start {
+        // Under the floor, slow start goes on whatever the latency says; above it, until
+        // answers come slower than at the floor (requests queue somewhere) or than the
+        // baseline allows.
+        if self.slow_start && self.limit < self.floor {
             self.limit += SLOW_START_STEP;
             return;
         }
-        if ratio > TOLERANCE {
-            self.slow_start = false;
+        let at_floor = *self.short_at_floor.get_or_insert(short);
+        if self.slow_start && ratio <= TOLERANCE && short <= SLOW_START_EXIT * at_floor {
+            self.limit += SLOW_START_STEP;
+            return;
         }
+        self.slow_start = false;
         // One step per round trip (`limit` answers), spread over its answers.
         let gradient = (TOLERANCE / ratio).clamp(0.5, 1.0);
         let new = self.limit * gradient + self.limit.sqrt();
-        self.limit += SMOOTHING * (new - self.limit) / self.limit;
+        let step = SMOOTHING * (new - self.limit) / self.limit;
+        // Latency alone never takes the limit under the floor.
+        self.limit = (self.limit + step).max(self.floor.min(self.limit));
     }
 
     fn bound(&mut self) {
@@ -283,6 +316,54 @@ mod tests {
         // Never under the capacity (the pass gets all the server gives), never more
         // than twice the latency at the capacity (what queues stays bounded).
         assert!(*lo >= 100 && *hi <= 400, "settled between {lo} and {hi}");
+    }
+
+    #[test]
+    fn latency_alone_never_takes_the_limit_under_the_floor() {
+        // Ten at once in 1 ms; more only queue, as in a pass whose own machine is the
+        // bottleneck against a provider answering in 1 ms.
+        let queueing = |in_flight: usize| Duration::from_micros(100 * in_flight.max(10) as u64);
+        let mut g = Gradient::new(adaptive(1_000));
+        let seen = drive(&mut g, 20_000, queueing);
+        let settled = &seen[10_000..];
+        let (lo, hi) = (settled.iter().min().unwrap(), settled.iter().max().unwrap());
+        assert!(
+            *lo == FLOOR as usize && *hi <= 2 * FLOOR as usize,
+            "settled between {lo} and {hi}"
+        );
+        // Under a ceiling below the floor, the ceiling holds.
+        let mut g = Gradient::new(adaptive(64));
+        let seen = drive(&mut g, 20_000, queueing);
+        assert_eq!(seen[10_000..].iter().max(), Some(&64));
+    }
+
+    #[test]
+    fn slow_start_ends_once_answers_slow_down_past_the_floor() {
+        // 300 at once in 10 ms; more only queue. Slow start ends once answers are a
+        // quarter slower than at the floor (at about 450 in flight: the short-term
+        // average lags), not at twice the baseline (600, and more by that lag).
+        let server =
+            |in_flight: usize| Duration::from_micros(10_000 * in_flight.max(300) as u64 / 300);
+        let mut g = Gradient::new(adaptive(5_000));
+        let seen = drive(&mut g, 2_000, server);
+        let peak = *seen.iter().max().unwrap();
+        assert!((300..=500).contains(&peak), "peak {peak}");
+    }
+
+    #[test]
+    fn timeouts_take_the_limit_under_the_floor() {
+        let mut g = Gradient::new(adaptive(1_000));
+        drive(&mut g, 4_000, |_| Duration::from_millis(100));
+        let t = Instant::now();
+        for i in 0..30 {
+            g.sample(
+                Sample::Overloaded,
+                1_000,
+                t + Duration::from_millis(150 * i),
+            );
+        }
+        // 1,000 × 0.9^30.
+        assert_eq!(g.limit(), 42);
     }
 
     #[test]

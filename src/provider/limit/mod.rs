@@ -18,7 +18,16 @@
 //!   after the first sign of queueing, by about √limit per round trip;
 //! - beyond it, `gradient = max(TOLERANCE / ratio, 0.5)` and the limit moves a
 //!   [`SMOOTHING`] share of the way to `limit × gradient + √limit` per round trip;
-//! - a timeout or a 429 multiplies it by [`BACKOFF`], at most once per latency;
+//! - latency alone never holds it below [`FLOOR`] (128): slow start goes on up to it
+//!   whatever the latency, and the gradient stops there. A pass whose own machine is
+//!   the bottleneck sees its queueing as the provider's, and spent more CPU per send
+//!   for fewer sends/s below it;
+//! - above the floor, slow start ends too once the short-term latency is
+//!   [`SLOW_START_EXIT`] times what it was at the floor (TCP's HyStart): a baseline
+//!   learnt while the machine was already busy let slow start run on to 300 and more
+//!   at 1 ms;
+//! - a timeout or a 429 multiplies it by [`BACKOFF`], at most once per latency, and
+//!   lowers the floor to where it took the limit;
 //! - it does not grow while fewer than half its places are used (the pass is limited
 //!   by something else: the rate, the claim, the end of the work);
 //! - it stays within `[min, max]`: `max` is `--concurrency`, and with a rate limit it
@@ -35,8 +44,8 @@
 mod gradient;
 
 pub use gradient::{
-    BACKOFF, BASELINE_WINDOW, Gradient, LimitSettings, SHORT_SAMPLES, SLOW_START_STEP, SMOOTHING,
-    Sample, TOLERANCE,
+    BACKOFF, BASELINE_WINDOW, FLOOR, Gradient, LimitSettings, SHORT_SAMPLES, SLOW_START_EXIT,
+    SLOW_START_STEP, SMOOTHING, Sample, TOLERANCE,
 };
 use std::sync::Mutex;
 use std::time::Duration;
