@@ -404,16 +404,30 @@ pub async fn assert_matches_simulator(pool: &PgPool, sim: &SimHandle) -> usize {
 /// exit. A statement it had sent (a claim, a write) runs on in its backend after the
 /// process is gone, and commits, at a moment no test can know (when Postgres finds the
 /// socket closed): a test that reads or moves the pass's leases calls this first.
+///
+/// `pg_terminate_backend` answers false both when its wait ran out and when the backend
+/// had already exited by itself (between the listing and the call: it found the
+/// socket closed first), so what decides is whether any is left afterwards.
 pub async fn end_dead_pass_backends(pool: &PgPool) {
-    let ended: Option<bool> = sqlx::query_scalar(
-        "SELECT bool_and(pg_terminate_backend(pid, 60000)) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'otp-reconcile'
-           AND pid <> pg_backend_pid()",
-    )
-    .fetch_one(pool)
+    macro_rules! dead_pass {
+        () => {
+            " FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'otp-reconcile'
+               AND pid <> pg_backend_pid()"
+        };
+    }
+    sqlx::query(concat!(
+        "SELECT pg_terminate_backend(pid, 60000)",
+        dead_pass!()
+    ))
+    .execute(pool)
     .await
     .unwrap();
-    assert_ne!(ended, Some(false), "the dead pass's backends did not exit");
+    let left: i64 = sqlx::query_scalar(concat!("SELECT count(*)", dead_pass!()))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the dead pass's backends did not exit");
 }
 
 /// Moves every lease on `table` (`sends`, `conversions` or `conversion_rates`) into the
