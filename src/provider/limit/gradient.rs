@@ -22,13 +22,14 @@ pub const BACKOFF: f64 = 0.9;
 pub const SLOW_START_EXIT: f64 = 1.25;
 /// Latency alone never holds the limit below this: slow start goes on up to it, and
 /// the gradient never takes the limit under it. Timeouts, 429s and the memory budget
-/// do, and lower it for the rest of the pass to where they took the limit. Requests
-/// queueing in this process read as a provider queueing them, and
-/// a pass whose machine is its bottleneck then held 50 to 180 in flight against a
-/// provider answering in 1 ms, each spending more CPU (more wakeups, fewer answers per
-/// poll) for fewer sends/s than at 128 (README, "Benchmark": 2 cores, fixed 48: -20%,
-/// 96 to 256 the same). Slow start still begins at 20 and grows only with answers, so
-/// a provider that fails from the start is not met by 128 places at once.
+/// do, and lower it for the rest of the pass to where they took the limit.
+///
+/// Requests queueing in this process read as a provider queueing them: a pass whose
+/// machine is its bottleneck held 50 to 180 in flight against a provider answering in
+/// 1 ms, each answer costing more CPU (more wakeups, fewer answers per poll) for fewer
+/// sends/s than at 128 (README, "Benchmark": 2 cores, fixed 48 20% slower, 96 to 256
+/// the same). Slow start still begins at 20 and grows only with answers, so a provider
+/// that fails from the start is not met by 128 places at once.
 pub const FLOOR: f64 = 128.0;
 
 /// What one request came to, as the limit sees it.
