@@ -267,6 +267,18 @@ mod tests {
             .collect()
     }
 
+    /// A server that answers `capacity` requests at once in `latency`; more only queue
+    /// (the latency grows with what is in flight).
+    fn queueing(capacity: usize, latency: Duration) -> impl Fn(usize) -> Duration {
+        move |in_flight| latency * in_flight.max(capacity) as u32 / capacity as u32
+    }
+
+    /// The lowest and highest limits of the second half of a run.
+    fn settled(seen: &[usize]) -> (usize, usize) {
+        let half = &seen[seen.len() / 2..];
+        (*half.iter().min().unwrap(), *half.iter().max().unwrap())
+    }
+
     #[test]
     fn a_steady_provider_lets_the_limit_grow_to_its_maximum() {
         let mut g = Gradient::new(adaptive(1_000));
@@ -306,36 +318,29 @@ mod tests {
 
     #[test]
     fn queueing_beyond_capacity_holds_the_limit_near_the_knee() {
-        // A server that serves 100 at once in 10 ms; more only queue (latency grows
-        // with what is in flight).
-        let server =
-            |in_flight: usize| Duration::from_micros(10_000 * in_flight.max(100) as u64 / 100);
+        // A server that serves 100 at once in 10 ms; more only queue.
         let mut g = Gradient::new(adaptive(5_000));
-        let seen = drive(&mut g, 20_000, server);
-        let settled = &seen[10_000..];
-        let (lo, hi) = (settled.iter().min().unwrap(), settled.iter().max().unwrap());
+        let seen = drive(&mut g, 20_000, queueing(100, Duration::from_millis(10)));
+        let (lo, hi) = settled(&seen);
         // Never under the capacity (the pass gets all the server gives), never more
         // than twice the latency at the capacity (what queues stays bounded).
-        assert!(*lo >= 100 && *hi <= 400, "settled between {lo} and {hi}");
+        assert!(lo >= 100 && hi <= 400, "settled between {lo} and {hi}");
     }
 
     #[test]
     fn latency_alone_never_takes_the_limit_under_the_floor() {
         // Ten at once in 1 ms; more only queue, as in a pass whose own machine is the
         // bottleneck against a provider answering in 1 ms.
-        let queueing = |in_flight: usize| Duration::from_micros(100 * in_flight.max(10) as u64);
+        let busy = || queueing(10, Duration::from_millis(1));
         let mut g = Gradient::new(adaptive(1_000));
-        let seen = drive(&mut g, 20_000, queueing);
-        let settled = &seen[10_000..];
-        let (lo, hi) = (settled.iter().min().unwrap(), settled.iter().max().unwrap());
+        let (lo, hi) = settled(&drive(&mut g, 20_000, busy()));
         assert!(
-            *lo == FLOOR as usize && *hi <= 2 * FLOOR as usize,
+            lo == FLOOR as usize && hi <= 2 * FLOOR as usize,
             "settled between {lo} and {hi}"
         );
         // Under a ceiling below the floor, the ceiling holds.
         let mut g = Gradient::new(adaptive(64));
-        let seen = drive(&mut g, 20_000, queueing);
-        assert_eq!(seen[10_000..].iter().max(), Some(&64));
+        assert_eq!(settled(&drive(&mut g, 20_000, busy())), (64, 64));
     }
 
     #[test]
@@ -343,10 +348,8 @@ mod tests {
         // 300 at once in 10 ms; more only queue. Slow start ends once answers are a
         // quarter slower than at the floor (at about 450 in flight: the short-term
         // average lags), not at twice the baseline (600, and more by that lag).
-        let server =
-            |in_flight: usize| Duration::from_micros(10_000 * in_flight.max(300) as u64 / 300);
         let mut g = Gradient::new(adaptive(5_000));
-        let seen = drive(&mut g, 2_000, server);
+        let seen = drive(&mut g, 2_000, queueing(300, Duration::from_millis(10)));
         let peak = *seen.iter().max().unwrap();
         assert!((300..=500).contains(&peak), "peak {peak}");
     }
