@@ -81,9 +81,6 @@ pub trait Stage: Sync {
     /// Claims up to `limit` due items under a lease, committed at once, none of `held`.
     async fn claim(&self, limit: usize, held: &[i64]) -> Result<Vec<Self::Item>, DbError>;
 
-    /// How many items may be worked at once now: the pass's in-flight limit.
-    fn places(&self) -> usize;
-
     /// Works one item.
     async fn work(&self, item: Self::Item) -> Worked<Self::Item, Self::Done>;
 
@@ -123,10 +120,12 @@ enum Claiming {
 }
 
 /// Runs `stage` until nothing is due or `stop` is cancelled and everything claimed is
-/// written or released. A database error ends it at once; its leases then expire.
+/// written or released, working at most `places()` items at once (the pass's in-flight
+/// limit, read as it moves). A database error ends it at once; its leases then expire.
 pub async fn run<S: Stage>(
     stage: &S,
     shape: Shape,
+    places: &(dyn Fn() -> usize + Sync),
     stop: &CancellationToken,
 ) -> Result<StageEnd, DbError> {
     let claim_batch = shape.claim_batch.max(1);
@@ -143,7 +142,7 @@ pub async fn run<S: Stage>(
             // of waiting calls cost CPU per send (wakeups, and items held in memory
             // instead of in the queue).
             let room = stop.is_cancelled()
-                || working.len() < shape.concurrency.max(1).min(stage.places().max(1));
+                || working.len() < shape.concurrency.max(1).min(places().max(1));
             tokio::select! {
                 item = work_rx.recv(), if queue_open && room => match item {
                     Some(item) => working.push(async {
@@ -319,7 +318,6 @@ mod tests {
     struct Counting {
         holdings: Holdings,
         items: Mutex<Option<Vec<Item>>>,
-        places: usize,
         turns: tokio::sync::Semaphore,
         working: AtomicUsize,
         most: AtomicUsize,
@@ -342,9 +340,6 @@ mod tests {
         async fn claim(&self, _: usize, _: &[i64]) -> Result<Vec<Item>, DbError> {
             Ok(self.items.lock().unwrap().take().unwrap_or_default())
         }
-        fn places(&self) -> usize {
-            self.places
-        }
         async fn work(&self, item: Item) -> Worked<Item, i64> {
             let now = self.working.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
@@ -365,7 +360,6 @@ mod tests {
         let stage = Counting {
             holdings: Holdings::new(&DUE),
             items: Mutex::new(Some((1..=20).map(Item).collect())),
-            places: 3,
             turns: tokio::sync::Semaphore::new(0),
             working: AtomicUsize::new(0),
             most: AtomicUsize::new(0),
@@ -390,7 +384,7 @@ mod tests {
                 stage.turns.add_permits(1);
             }
         };
-        let (end, ()) = tokio::join!(run(&stage, shape, &stop), turns);
+        let (end, ()) = tokio::join!(run(&stage, shape, &|| 3, &stop), turns);
         assert_eq!(end.unwrap(), StageEnd::Drained);
         assert_eq!(stage.written.load(Ordering::SeqCst), 20);
         assert_eq!(stage.most.load(Ordering::SeqCst), 3);

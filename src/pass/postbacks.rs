@@ -50,10 +50,6 @@ impl Stage for Postbacks<'_> {
         Ok(claimed)
     }
 
-    fn places(&self) -> usize {
-        self.ctx.calls.places()
-    }
-
     async fn work(&self, c: Claimed) -> Worked<Claimed, Done> {
         let span = tracing::debug_span!(
             "conversion",

@@ -82,10 +82,6 @@ impl Stage for RatePosts<'_> {
         Ok(claimed)
     }
 
-    fn places(&self) -> usize {
-        self.ctx.calls.places()
-    }
-
     async fn work(&self, window: Claimed) -> Worked<Claimed, Done> {
         let span = tracing::debug_span!(
             "rate",

@@ -110,10 +110,6 @@ impl Stage for Records<'_> {
         Ok(claimed)
     }
 
-    fn places(&self) -> usize {
-        self.ctx.calls.places()
-    }
-
     async fn work(&self, send: Claimed) -> Worked<Claimed, CheckedSend> {
         let span = tracing::debug_span!(
             "send",

@@ -55,7 +55,8 @@ impl Stages<'_> {
         };
         if let Task::Replay(range) = self.task {
             let sweep = Sweep::new(range.clone(), s.lease, self.stop);
-            return pipeline::run(&self.records(Some(sweep)), shape, self.stop).await;
+            return pipeline::run(&self.records(Some(sweep)), shape, &self.places(), self.stop)
+                .await;
         }
         // Under --max-runtime, records stop claiming at 70% of it and postbacks at 90%:
         // a backlog of sends never starves the postbacks and the rates.
@@ -114,6 +115,11 @@ impl Stages<'_> {
         )
     }
 
+    /// The pass's in-flight limit, as the pipeline reads it.
+    fn places(&self) -> impl Fn() -> usize + Sync + '_ {
+        || self.ctx.calls.places()
+    }
+
     /// Runs a stage until nothing is due or the pass stops; from `until` on, it claims
     /// no more (what it claimed still goes through).
     async fn stage<S: Stage>(
@@ -123,7 +129,8 @@ impl Stages<'_> {
         until: Option<DateTime<Utc>>,
     ) -> Result<StageEnd, DbError> {
         let stop = self.stop.child_token();
-        let running = pipeline::run(stage, shape, &stop);
+        let places = self.places();
+        let running = pipeline::run(stage, shape, &places, &stop);
         tokio::pin!(running);
         let Some(until) = until else {
             return running.await;
