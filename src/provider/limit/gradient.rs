@@ -146,11 +146,17 @@ impl Gradient {
         if !self.settings.adaptive {
             return;
         }
+        self.back_off();
+        self.memory_ceiling = self.memory_ceiling.min(self.limit.floor().max(1.0));
+        self.bound();
+    }
+
+    /// A back-off, for a timeout, a 429 or memory: slow start ends, the limit loses
+    /// [`BACKOFF`], and latency may hold it there ([`FLOOR`] lowered to it).
+    fn back_off(&mut self) {
         self.slow_start = false;
         self.limit *= BACKOFF;
         self.floor = self.floor.min(self.limit);
-        self.memory_ceiling = self.memory_ceiling.min(self.limit.floor().max(1.0));
-        self.bound();
     }
 
     /// The current limit.
@@ -168,9 +174,7 @@ impl Gradient {
             Sample::Ignored => {}
             Sample::Overloaded => {
                 if self.backoff_after.is_none_or(|t| now >= t) {
-                    self.slow_start = false;
-                    self.limit *= BACKOFF;
-                    self.floor = self.floor.min(self.limit);
+                    self.back_off();
                     let wait = Duration::from_secs_f64(self.short.unwrap_or(0.1));
                     self.backoff_after = Some(now + wait);
                 }
