@@ -221,10 +221,13 @@ impl Gradient {
             return;
         }
         self.slow_start = false;
-        // One step per round trip (`limit` answers), spread over its answers.
+        // One step per round trip (`limit` answers), spread over its answers: the whole
+        // way to `limit + √limit` while nothing queues past the tolerance, a SMOOTHING
+        // share of the way to where the gradient points beyond it.
         let gradient = (TOLERANCE / ratio).clamp(0.5, 1.0);
         let new = self.limit * gradient + self.limit.sqrt();
-        let step = SMOOTHING * (new - self.limit) / self.limit;
+        let share = if gradient < 1.0 { SMOOTHING } else { 1.0 };
+        let step = share * (new - self.limit) / self.limit;
         // Latency alone never takes the limit under the floor.
         self.limit = (self.limit + step).max(self.floor.min(self.limit));
     }
@@ -281,6 +284,12 @@ mod tests {
     fn settled(seen: &[usize]) -> (usize, usize) {
         let half = &seen[seen.len() / 2..];
         (*half.iter().min().unwrap(), *half.iter().max().unwrap())
+    }
+
+    /// The limit where slow start (two more per answer) ended.
+    fn slow_start_end(seen: &[usize]) -> usize {
+        let end = seen.windows(2).position(|w| w[1] < w[0] + 2);
+        seen[end.expect("slow start never ended")]
     }
 
     #[test]
@@ -354,8 +363,33 @@ mod tests {
         // average lags), not at twice the baseline (600, and more by that lag).
         let mut g = Gradient::new(adaptive(5_000));
         let seen = drive(&mut g, 2_000, queueing(300, Duration::from_millis(10)));
-        let peak = *seen.iter().max().unwrap();
-        assert!((300..=500).contains(&peak), "peak {peak}");
+        let exit = slow_start_end(&seen);
+        assert!((300..=500).contains(&exit), "slow start ended at {exit}");
+    }
+
+    #[test]
+    fn past_slow_start_and_within_the_tolerance_the_limit_grows_by_its_root_per_round_trip() {
+        // Answers 30% slower above 200 in flight (a pass's own machine getting busy)
+        // end slow start there; within the tolerance the limit then grows by √limit
+        // per round trip: from about 250 to 800 in some 12,500 answers (a 50 ms
+        // provider at 8,000 sends/s: under two seconds). A fifth of that, as the
+        // gradient's smoothing, took five times as long: 10,000 answers left it near 400.
+        let mut g = Gradient::new(adaptive(800));
+        let seen = drive(&mut g, 20_000, |in_flight| {
+            Duration::from_millis(if in_flight <= 200 { 10 } else { 13 })
+        });
+        let exit = seen.windows(2).position(|w| w[1] < w[0] + 2).unwrap();
+        assert!((200..=400).contains(&slow_start_end(&seen)));
+        let at_max = seen
+            .iter()
+            .position(|&l| l == 800)
+            .expect("never reached 800");
+        assert!(
+            at_max - exit < 15_000,
+            "800 after {} answers past slow start",
+            at_max - exit
+        );
+        assert!(seen[at_max..].iter().all(|&l| l == 800));
     }
 
     #[test]
