@@ -183,7 +183,8 @@ type ClaimedColumns = (
     DateTime<Utc>,
 );
 
-/// The claimed rows, read by position ([`claimed_columns`] names them in this order): by name,
+/// The claimed rows, read by position ([`claimed_columns`] names them in this order; the
+/// claim's `leased` after them is left unread): by name,
 /// each column of each row was a hashed lookup, 4% of the job's instructions per send.
 fn claimed_rows(rows: &[sqlx::postgres::PgRow], token: Uuid) -> Result<Vec<Claimed>, sqlx::Error> {
     rows.iter()
