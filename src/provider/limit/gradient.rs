@@ -12,7 +12,8 @@ pub const BASELINE_WINDOW: Duration = Duration::from_secs(30);
 /// a baseline that is a minimum, 2 leaves room for a provider's usual spread and still
 /// stops requests queueing for more than the provider's own latency.
 pub const TOLERANCE: f64 = 2.0;
-/// The share of the way to its new estimate the limit moves per round trip.
+/// Beyond the tolerance, the share of the way to its new estimate the limit moves per
+/// round trip (within it, the limit grows the whole √limit).
 pub const SMOOTHING: f64 = 0.2;
 /// The factor a timeout or 429 multiplies the limit by.
 pub const BACKOFF: f64 = 0.9;
