@@ -13,6 +13,7 @@ use otp_reconcile::pass::Ended;
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Fetched;
 use otp_reconcile_simulator::{Fault, FaultRates, Faults, RecordConfig, SimConfig, Simulator};
+use rust_decimal::Decimal;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -673,6 +674,96 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!((left, had > 0), (0, true));
+}
+
+/// The spend per currency as `spend_days` keeps it, and as the attempts sum it.
+async fn spend_both_ways(
+    pool: &PgPool,
+) -> (
+    Vec<(Option<String>, Decimal)>,
+    Vec<(Option<String>, Decimal)>,
+) {
+    let kept = sqlx::query_as(
+        "SELECT currency, sum(pay) FROM spend_days GROUP BY 1 HAVING sum(attempts) > 0 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let summed = sqlx::query_as(
+        "SELECT settle_currency, sum(settle_pay) FROM attempts
+         WHERE settle_pay IS NOT NULL GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (kept, summed)
+}
+
+#[sqlx::test]
+async fn first_checks_are_inserted_and_one_stored_before_goes_through_the_upsert(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    insert_sends(&db, &new_sends(3, "first")).await;
+    let ids = send_ids(&pool).await;
+    let sim = simulator(RecordConfig::default(), Faults::default()).await;
+    let fetched: Vec<Fetched> = ["first-v0", "first-v1", "first-v2"]
+        .iter()
+        .map(|id| {
+            let data = sim
+                .final_record(otp_reconcile_simulator::Lookup::VerificationId(id))
+                .data;
+            Fetched::from_data(data).unwrap()
+        })
+        .collect();
+    let batch: Vec<(i64, &Fetched)> = ids.iter().copied().zip(fetched.iter()).collect();
+    let now = chrono::Utc::now();
+    let mut tx = pool.begin().await.unwrap();
+    let first = records::store_new(&mut tx, now, &batch, &ids)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((first.records, first.attempts), (3, attempts as u64));
+    assert!(attempts >= 3);
+    let (kept, summed) = spend_both_ways(&pool).await;
+    assert!(!summed.is_empty());
+    assert_eq!(kept, summed);
+
+    // Sends that look new but have their records (state and checks reset by hand): the
+    // inserts fail, the batch goes back to the savepoint and through the upserts, and
+    // the transaction goes on. One answer changed and lost its attempts.
+    let mut shorter = fetched[0].clone();
+    shorter.record.sms.clear();
+    shorter.record.call.clear();
+    shorter.record.sna.clear();
+    shorter.raw = shorter.raw.replacen('{', "{\"changed\":true,", 1);
+    let again: Vec<(i64, &Fetched)> = vec![
+        (ids[0], &shorter),
+        (ids[1], &fetched[1]),
+        (ids[2], &fetched[2]),
+    ];
+    let mut tx = pool.begin().await.unwrap();
+    let stored = records::store_new(&mut tx, now, &again, &ids)
+        .await
+        .unwrap();
+    let raw: String = sqlx::query_scalar("SELECT raw::text FROM records WHERE send_id = $1")
+        .bind(ids[0])
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored.records, 1, "only the changed record is written");
+    assert!(raw.contains("\"changed\":true"));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts WHERE send_id = $1")
+        .bind(ids[0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let (kept, summed) = spend_both_ways(&pool).await;
+    assert_eq!(kept, summed);
 }
 
 #[sqlx::test]

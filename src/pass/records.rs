@@ -229,16 +229,23 @@ impl Stage for Records<'_> {
                     db.counted(1);
                 }
             }
-            let stored = records::store(&mut tx, now, &fetched, &held).await?;
+            // Sends checked for the first time have nothing stored yet: only inserted.
+            let first: FxHashSet<i64> = batch
+                .iter()
+                .filter(|c| c.send.attempts == 0 && c.send.state == SendState::Pending)
+                .map(|c| c.send.id)
+                .collect();
+            let (new, known): (Vec<_>, Vec<_>) =
+                fetched.iter().partition(|(id, _)| first.contains(id));
+            let mut stored = records::store_new(&mut tx, now, &new, &held).await?;
+            let more = records::store(&mut tx, now, &known, &held).await?;
+            stored.records += more.records;
+            stored.attempts += more.attempts;
             tx.commit().await?;
-            // BEGIN, the sends update, the two stores when there were records, COMMIT.
-            db.counted(
-                3 + if fetched.is_empty() || held.is_empty() {
-                    0
-                } else {
-                    2
-                },
-            );
+            // BEGIN, the sends update, COMMIT; the two stores of each kind of record
+            // there was, the new ones' between SAVEPOINT and RELEASE.
+            let stores = |n: usize, each: u64| if n == 0 || held.is_empty() { 0 } else { each };
+            db.counted(3 + stores(new.len(), 4) + stores(known.len(), 2));
             self.count(&batch, &completed, stored);
         }
         let n = lease::release(db, &sends::DUE, now, &released).await?;
