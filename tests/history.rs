@@ -900,25 +900,6 @@ async fn status_counts_what_is_not_final_and_estimates_the_history(pool: PgPool)
     );
 }
 
-/// Spend per day and currency as `spend_days` holds it, and as the attempts left add up.
-async fn spend_held_and_recounted(pool: &PgPool) -> (Vec<(String, String)>, Vec<(String, String)>) {
-    let held = sqlx::query_as(
-        "SELECT day::text, pay::text FROM spend_days WHERE attempts <> 0 ORDER BY day",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let recounted = sqlx::query_as(
-        "SELECT (s.sent_at AT TIME ZONE 'UTC')::date::text, sum(a.settle_pay)::text
-         FROM sends s JOIN attempts a ON a.send_id = s.id WHERE a.settle_pay IS NOT NULL
-         GROUP BY 1 ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    (held, recounted)
-}
-
 #[sqlx::test]
 async fn prune_by_several_workers_removes_each_send_once_and_the_totals_add_up(pool: PgPool) {
     let _db = db_with_app(&pool).await;

@@ -13,7 +13,6 @@ use otp_reconcile::pass::Ended;
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Fetched;
 use otp_reconcile_simulator::{Fault, FaultRates, Faults, RecordConfig, SimConfig, Simulator};
-use rust_decimal::Decimal;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -624,21 +623,27 @@ async fn a_claim_writes_no_send_and_never_waits_for_a_lease_being_ended(pool: Pg
     assert_eq!(due_again, due_before, "released sends are as they were");
 }
 
-#[sqlx::test]
-async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
-    let db = db_with_app(&pool).await;
-    insert_sends(&db, &new_sends(3, "idem")).await;
-    let ids = send_ids(&pool).await;
+/// Three sends (`{prefix}-v0` to `-v2`) and the simulator's final records of them, as
+/// the pass reads them.
+async fn three_sends_and_their_records(pool: &PgPool, prefix: &str) -> (Vec<i64>, Vec<Fetched>) {
+    let db = db_with_app(pool).await;
+    insert_sends(&db, &new_sends(3, prefix)).await;
     let sim = simulator(RecordConfig::default(), Faults::default()).await;
-    let fetched: Vec<Fetched> = ["idem-v0", "idem-v1", "idem-v2"]
-        .iter()
-        .map(|id| {
+    let fetched = (0..3)
+        .map(|i| {
+            let id = format!("{prefix}-v{i}");
             let data = sim
-                .final_record(otp_reconcile_simulator::Lookup::VerificationId(id))
+                .final_record(otp_reconcile_simulator::Lookup::VerificationId(&id))
                 .data;
             Fetched::from_data(data).unwrap()
         })
         .collect();
+    (send_ids(pool).await, fetched)
+}
+
+#[sqlx::test]
+async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
+    let (ids, fetched) = three_sends_and_their_records(&pool, "idem").await;
     let batch: Vec<(i64, &Fetched)> = ids.iter().copied().zip(fetched.iter()).collect();
     let now = chrono::Utc::now();
     let mut tx = pool.begin().await.unwrap();
@@ -676,44 +681,9 @@ async fn storing_an_unchanged_answer_writes_nothing(pool: PgPool) {
     assert_eq!((left, had > 0), (0, true));
 }
 
-/// The spend per currency as `spend_days` keeps it, and as the attempts sum it.
-async fn spend_both_ways(
-    pool: &PgPool,
-) -> (
-    Vec<(Option<String>, Decimal)>,
-    Vec<(Option<String>, Decimal)>,
-) {
-    let kept = sqlx::query_as(
-        "SELECT currency, sum(pay) FROM spend_days GROUP BY 1 HAVING sum(attempts) > 0 ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let summed = sqlx::query_as(
-        "SELECT settle_currency, sum(settle_pay) FROM attempts
-         WHERE settle_pay IS NOT NULL GROUP BY 1 ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    (kept, summed)
-}
-
 #[sqlx::test]
 async fn first_checks_are_inserted_and_one_stored_before_goes_through_the_upsert(pool: PgPool) {
-    let db = db_with_app(&pool).await;
-    insert_sends(&db, &new_sends(3, "first")).await;
-    let ids = send_ids(&pool).await;
-    let sim = simulator(RecordConfig::default(), Faults::default()).await;
-    let fetched: Vec<Fetched> = ["first-v0", "first-v1", "first-v2"]
-        .iter()
-        .map(|id| {
-            let data = sim
-                .final_record(otp_reconcile_simulator::Lookup::VerificationId(id))
-                .data;
-            Fetched::from_data(data).unwrap()
-        })
-        .collect();
+    let (ids, fetched) = three_sends_and_their_records(&pool, "first").await;
     let batch: Vec<(i64, &Fetched)> = ids.iter().copied().zip(fetched.iter()).collect();
     let now = chrono::Utc::now();
     let mut tx = pool.begin().await.unwrap();
@@ -727,9 +697,9 @@ async fn first_checks_are_inserted_and_one_stored_before_goes_through_the_upsert
         .unwrap();
     assert_eq!((first.records, first.attempts), (3, attempts as u64));
     assert!(attempts >= 3);
-    let (kept, summed) = spend_both_ways(&pool).await;
-    assert!(!summed.is_empty());
-    assert_eq!(kept, summed);
+    let (held, recounted) = spend_held_and_recounted(&pool).await;
+    assert!(!recounted.is_empty());
+    assert_eq!(held, recounted);
 
     // Sends that look new but have their records (state and checks reset by hand): the
     // inserts fail, the batch goes back to the savepoint and through the upserts, and
@@ -762,8 +732,8 @@ async fn first_checks_are_inserted_and_one_stored_before_goes_through_the_upsert
         .await
         .unwrap();
     assert_eq!(left, 0);
-    let (kept, summed) = spend_both_ways(&pool).await;
-    assert_eq!(kept, summed);
+    let (held, recounted) = spend_held_and_recounted(&pool).await;
+    assert_eq!(held, recounted);
 }
 
 #[sqlx::test]

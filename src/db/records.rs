@@ -145,17 +145,7 @@ pub async fn store(
     fetched: &[(i64, &Fetched)],
     held: &[i64],
 ) -> Result<Stored, sqlx::Error> {
-    if fetched.is_empty() || held.is_empty() {
-        return Ok(Stored::default());
-    }
-    // Only the sends held, filtered here: a filter `= ANY(held)` in SQL compares every
-    // row with every id.
-    let held: FxHashSet<i64> = held.iter().copied().collect();
-    let fetched: Vec<(i64, &Fetched)> = fetched
-        .iter()
-        .filter(|(id, _)| held.contains(id))
-        .copied()
-        .collect();
+    let fetched = held_only(fetched, held);
     if fetched.is_empty() {
         return Ok(Stored::default());
     }
@@ -187,20 +177,13 @@ pub async fn store_new(
     fetched: &[(i64, &Fetched)],
     held: &[i64],
 ) -> Result<Stored, sqlx::Error> {
-    if fetched.is_empty() || held.is_empty() {
+    let new = held_only(fetched, held);
+    if new.is_empty() {
         return Ok(Stored::default());
     }
     let mut savepoint = sqlx::Connection::begin(&mut *conn).await?;
     let inserted = async {
-        let held: FxHashSet<i64> = held.iter().copied().collect();
-        let fetched: Vec<(i64, &Fetched)> = fetched
-            .iter()
-            .filter(|(id, _)| held.contains(id))
-            .copied()
-            .collect();
-        if fetched.is_empty() {
-            return Ok(Stored::default());
-        }
+        let fetched = new;
         let (records, _) = store_records(&mut savepoint, now, &fetched, Write::New).await?;
         let attempts = store_attempts(&mut savepoint, &fetched, &[], Write::New).await?;
         Ok(Stored { records, attempts })
@@ -221,6 +204,17 @@ pub async fn store_new(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The sends of `fetched` in `held` (those whose lease this pass still holds). Filtered
+/// here: a filter `= ANY(held)` in SQL compares every row with every id.
+fn held_only<'a>(fetched: &[(i64, &'a Fetched)], held: &[i64]) -> Vec<(i64, &'a Fetched)> {
+    let held: FxHashSet<i64> = held.iter().copied().collect();
+    fetched
+        .iter()
+        .filter(|(id, _)| held.contains(id))
+        .copied()
+        .collect()
 }
 
 /// How a batch is written: compared with what is there, or (sends that have nothing

@@ -472,3 +472,27 @@ pub fn claim_of<'a>(
         scope,
     }
 }
+
+/// A day, a settle currency and the spend, as text.
+pub type SpendRow = (String, Option<String>, String);
+
+/// Spend per day and currency as `spend_days` holds it, and as the attempts left add up.
+pub async fn spend_held_and_recounted(pool: &PgPool) -> (Vec<SpendRow>, Vec<SpendRow>) {
+    let held = sqlx::query_as(
+        "SELECT day::text, currency, pay::text FROM spend_days WHERE attempts <> 0
+         ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let recounted = sqlx::query_as(
+        "SELECT (s.sent_at AT TIME ZONE 'UTC')::date::text, a.settle_currency,
+                sum(a.settle_pay)::text
+         FROM sends s JOIN attempts a ON a.send_id = s.id WHERE a.settle_pay IS NOT NULL
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (held, recounted)
+}
