@@ -183,9 +183,8 @@ pub async fn store_new(
     }
     let mut savepoint = sqlx::Connection::begin(&mut *conn).await?;
     let inserted = async {
-        let fetched = new;
-        let (records, _) = store_records(&mut savepoint, now, &fetched, Write::New).await?;
-        let attempts = store_attempts(&mut savepoint, &fetched, &[], Write::New).await?;
+        let (records, _) = store_records(&mut savepoint, now, &new, Write::New).await?;
+        let attempts = store_attempts(&mut savepoint, &new, &[], Write::New).await?;
         Ok(Stored { records, attempts })
     }
     .await;
@@ -200,7 +199,7 @@ pub async fn store_new(
                 error = %e,
                 "a send checked for the first time already had a record: stored by upsert"
             );
-            store(conn, now, fetched, held).await
+            store(conn, now, &new, held).await
         }
         Err(e) => Err(e),
     }

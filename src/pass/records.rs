@@ -203,16 +203,17 @@ impl Stage for Records<'_> {
                 .filter(|c| {
                     completed.contains(&(c.send.id, c.send.lease)) && seen.insert(c.send.id)
                 })
-                .filter_map(|c| c.fetched.as_deref().map(|f| (c.send.id, f, c.regression)))
-                .partition(|(_, _, regression)| *regression);
-            let fetched: Vec<(i64, &Fetched)> =
-                fetched.into_iter().map(|(id, f, _)| (id, f)).collect();
-            let regressions: Vec<(i64, &Fetched)> =
-                regressions.into_iter().map(|(id, f, _)| (id, f)).collect();
+                .filter_map(|c| c.fetched.as_deref().map(|f| (c, f)))
+                .partition(|(c, _)| c.regression);
+            // Sends checked for the first time have nothing stored yet: only inserted.
+            let (new, known): (Vec<_>, Vec<_>) =
+                fetched.into_iter().partition(|(c, _)| c.send.first_check());
+            let (new, known, regressions) = (by_id(new), by_id(known), by_id(regressions));
             let held: Vec<i64> = completed.iter().map(|(id, _)| *id).collect();
             if replay {
-                let raw: Vec<(i64, &str)> = fetched
+                let raw: Vec<(i64, &str)> = new
                     .iter()
+                    .chain(&known)
                     .map(|(id, f)| (*id, f.raw.as_str()))
                     .collect();
                 revisions::capture(&mut tx, self.pass_id, now, &raw, &held).await?;
@@ -229,14 +230,6 @@ impl Stage for Records<'_> {
                     db.counted(1);
                 }
             }
-            // Sends checked for the first time have nothing stored yet: only inserted.
-            let first: FxHashSet<i64> = batch
-                .iter()
-                .filter(|c| c.send.attempts == 0 && c.send.state == SendState::Pending)
-                .map(|c| c.send.id)
-                .collect();
-            let (new, known): (Vec<_>, Vec<_>) =
-                fetched.iter().partition(|(id, _)| first.contains(id));
             let mut stored = records::store_new(&mut tx, now, &new, &held).await?;
             let more = records::store(&mut tx, now, &known, &held).await?;
             stored.records += more.records;
@@ -252,6 +245,11 @@ impl Stage for Records<'_> {
         self.counters.released.add(n);
         Ok(())
     }
+}
+
+/// The sends' ids beside their answers, as the stores take them.
+fn by_id<'a>(checked: Vec<(&CheckedSend, &'a Fetched)>) -> Vec<(i64, &'a Fetched)> {
+    checked.into_iter().map(|(c, f)| (c.send.id, f)).collect()
 }
 
 impl Records<'_> {

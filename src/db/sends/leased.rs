@@ -26,6 +26,15 @@ pub struct Claimed {
     pub due_at: DateTime<Utc>,
 }
 
+impl Claimed {
+    /// Checked for the first time: no check counted, still pending. No pass has
+    /// completed it, and records and attempts are written only in the transaction of a
+    /// completion that takes a send off pending, so it has neither.
+    pub fn first_check(&self) -> bool {
+        self.attempts == 0 && self.state == SendState::Pending
+    }
+}
+
 /// The columns a claim of sends returns, read by position ([`claimed_rows`]).
 macro_rules! claimed_columns {
     () => {

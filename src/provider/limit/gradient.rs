@@ -287,10 +287,11 @@ mod tests {
         (*half.iter().min().unwrap(), *half.iter().max().unwrap())
     }
 
-    /// The limit where slow start (two more per answer) ended.
-    fn slow_start_end(seen: &[usize]) -> usize {
+    /// The answer at which slow start (two more per answer) ended, and the limit then.
+    fn slow_start_end(seen: &[usize]) -> (usize, usize) {
         let end = seen.windows(2).position(|w| w[1] < w[0] + 2);
-        seen[end.expect("slow start never ended")]
+        let end = end.expect("slow start never ended");
+        (end, seen[end])
     }
 
     #[test]
@@ -364,7 +365,7 @@ mod tests {
         // average lags), not at twice the baseline (600, and more by that lag).
         let mut g = Gradient::new(adaptive(5_000));
         let seen = drive(&mut g, 2_000, queueing(300, Duration::from_millis(10)));
-        let exit = slow_start_end(&seen);
+        let (_, exit) = slow_start_end(&seen);
         assert!((300..=500).contains(&exit), "slow start ended at {exit}");
     }
 
@@ -379,8 +380,8 @@ mod tests {
         let seen = drive(&mut g, 20_000, |in_flight| {
             Duration::from_millis(if in_flight <= 200 { 10 } else { 13 })
         });
-        let exit = seen.windows(2).position(|w| w[1] < w[0] + 2).unwrap();
-        assert!((200..=400).contains(&slow_start_end(&seen)));
+        let (exit, limit) = slow_start_end(&seen);
+        assert!((200..=400).contains(&limit), "slow start ended at {limit}");
         let at_max = seen
             .iter()
             .position(|&l| l == 800)
