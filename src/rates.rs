@@ -8,9 +8,11 @@
 //! - a window is final once it is closed and no send of its app in it is `pending` or
 //!   `recheck`; only final windows are computed and posted, so the posted numbers are
 //!   the final ones (a late change is reposted only with `--repost-rates`);
-//! - a window is recomputed only when its inputs changed: the triggers of migration
-//!   `20261127000020` mark the hours of changed sends, records and OTP conversions in
-//!   `rate_dirty`, and a computation consumes the marks of the windows it computed;
+//! - a window is recomputed only when its inputs changed: the triggers of migrations
+//!   `20261127000020` and `20261128000080` mark the hours of changed sends, records and
+//!   OTP conversions in `rate_dirty` (a pass marks those of the sends it completes
+//!   itself, [`crate::db::sends::Completing::Pass`]), and a computation consumes the
+//!   marks of the windows it computed;
 //! - sent (backfillCardinalNumber): the sends in the window (by sent_at) whose record is
 //!   settled and has that mcc (the mcc of the record's first attempt that has one);
 //! - converted (backfillNumber): how many of those sends have an OTP conversion (of the

@@ -285,6 +285,149 @@ async fn incremental_rates_equal_the_full_computation_over_random_histories(pool
     }
 }
 
+/// The hours marked in `rate_dirty`, as (app, hour), each once, in order.
+async fn marked_hours(pool: &PgPool) -> Vec<(String, DateTime<Utc>)> {
+    sqlx::query_as("SELECT DISTINCT app_id, hour FROM rate_dirty ORDER BY 1, 2")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Runs `sql` on its own, then answers the marks it left (each mark once) and how many
+/// rows of marks it added, and clears them for the next step.
+async fn marks_of(pool: &PgPool, sql: &str) -> (Vec<(String, DateTime<Utc>)>, i64) {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap();
+    let hours = marked_hours(pool).await;
+    let rows: i64 =
+        sqlx::query_scalar("WITH d AS (DELETE FROM rate_dirty RETURNING 1) SELECT count(*) FROM d")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (hours, rows)
+}
+
+#[sqlx::test]
+async fn writes_by_hand_mark_each_hour_once_and_under_the_pass_flag_mark_nothing(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    let ten = at("2026-11-20T10:00:00Z");
+    let eleven = ten + TimeDelta::hours(1);
+    // Three sends in the hour of 10:00, three in that of 11:00.
+    let rows: Vec<NewSend> = (0..6)
+        .map(|i| NewSend {
+            app_id: APP.into(),
+            verification_id: Some(format!("mark-{i}")),
+            order_id: None,
+            number: None,
+            channel: None,
+            sent_at: ten + TimeDelta::minutes(20 * i),
+        })
+        .collect();
+    insert_sends(&db, &rows).await;
+    let both = vec![(APP.to_owned(), ten), (APP.to_owned(), eleven)];
+    let (hours, _) = marks_of(&pool, "SELECT 1").await;
+    assert_eq!(hours, both, "inserted sends mark their hours");
+
+    let (hours, _) = marks_of(&pool, "UPDATE sends SET state = 'recheck'").await;
+    assert_eq!(hours, vec![], "pending to recheck changes no window");
+    let (hours, rows) = marks_of(&pool, "UPDATE sends SET state = 'settled'").await;
+    assert_eq!(hours, both, "settled sends mark their hours");
+    assert_eq!(rows, 2, "one mark per hour, not one per send");
+    let (hours, rows) = marks_of(
+        &pool,
+        "UPDATE sends SET sent_at = sent_at + interval '1 day' WHERE sent_at < '2026-11-20T10:30:00Z'",
+    )
+    .await;
+    assert_eq!(
+        hours,
+        vec![
+            (APP.to_owned(), ten),
+            (APP.to_owned(), ten + TimeDelta::days(1))
+        ],
+        "a moved send marks the hour it left and the one it joined"
+    );
+    assert_eq!(rows, 2);
+    let (hours, rows) = marks_of(
+        &pool,
+        "INSERT INTO records (send_id, still_sending, raw, first_stored_at, changed_at)
+         SELECT id, false, '{}', now(), now() FROM sends
+         WHERE sent_at >= '2026-11-20T10:30:00Z' AND sent_at < '2026-11-21T00:00:00Z'",
+    )
+    .await;
+    assert_eq!(hours, both, "stored records mark their sends' hours");
+    assert_eq!(rows, 2);
+    let (hours, _) = marks_of(&pool, "UPDATE records SET matched = 1").await;
+    assert_eq!(hours, vec![], "a record whose mcc stays marks nothing");
+    let (hours, _) = marks_of(
+        &pool,
+        "UPDATE records SET mcc = 310 WHERE send_id = (SELECT max(id) FROM sends)",
+    )
+    .await;
+    assert_eq!(hours, vec![(APP.to_owned(), eleven)], "a changed mcc marks");
+
+    // Under a pass's flag the same writes mark nothing: the pass marks its hours itself.
+    let mut tx = pool.begin().await.unwrap();
+    for sql in [
+        "SELECT set_config('otp_reconcile.pass_marks_hours', 'on', true)",
+        "UPDATE sends SET state = 'expired'",
+        "UPDATE records SET mcc = 311",
+        "DELETE FROM records WHERE send_id = (SELECT min(send_id) FROM records)",
+        "INSERT INTO records (send_id, still_sending, raw, first_stored_at, changed_at)
+         SELECT min(id), false, '{}', now(), now() FROM sends",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(marked_hours(&pool).await, vec![]);
+    // The flag ends with its transaction.
+    let (hours, _) = marks_of(&pool, "UPDATE sends SET state = 'settled'").await;
+    assert_eq!(hours.len(), 3, "{hours:?}");
+}
+
+#[sqlx::test]
+async fn a_pass_marks_the_hour_of_every_send_it_completes(pool: PgPool) {
+    let db = db_with_app(&pool).await;
+    apps::add(&db, "app-two", None).await.unwrap();
+    let sim = simulator(0.3, 1, Faults::default()).await;
+    let hour = chrono::DurationRound::duration_trunc(Utc::now(), TimeDelta::hours(1)).unwrap();
+    // Sends of two apps over three hours of the last day, some still sending.
+    let rows: Vec<NewSend> = (0..60)
+        .map(|i| NewSend {
+            app_id: if i % 2 == 0 { APP } else { "app-two" }.into(),
+            verification_id: Some(format!("pm-{i}")),
+            order_id: None,
+            number: Some("9100".into()),
+            channel: None,
+            sent_at: hour - TimeDelta::hours(20 + i64::from(i % 3))
+                + TimeDelta::minutes(i64::from(i)),
+        })
+        .collect();
+    insert_sends(&db, &rows).await;
+    sqlx::query("DELETE FROM rate_dirty")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The pass's own rate computation would consume the marks of final windows.
+    let settings = PassSettings {
+        postbacks: false,
+        rates: None,
+        ..quick_settings(8)
+    };
+    let summary = run_pass(&db, &client(&sim, Duration::from_secs(2)), &settings).await;
+    assert_eq!(summary.ended, Ended::Done);
+    let hours_of_sends: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT DISTINCT app_id, date_bin('1 hour', sent_at, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+         FROM sends WHERE attempts > 0 ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(hours_of_sends.len(), 6, "every send was checked");
+    assert_eq!(marked_hours(&pool).await, hours_of_sends);
+}
+
 /// The simulator, every id known; `sending_share` of them still sending at first.
 async fn simulator(sending_share: f64, sending_fetches: u32, faults: Faults) -> SimHandle {
     let mut config = SimConfig::new(31);

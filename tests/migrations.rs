@@ -86,6 +86,10 @@ const PINNED: &[(i64, &str)] = &[
         20261128000072,
         "5d56ae87a59c548f3e4fe08d702b7c165af3a0dda634d7fe90e8dfb355cd9e17a655c4b61138f34cb2e31c552d8d2ffe",
     ),
+    (
+        20261128000080,
+        "e4d29096bc949c57b080bc6c3846d6fdc627b8ef3ea5ecbca105e031e69d6541b299a8716a97a548fc63f7764db1cb27",
+    ),
 ];
 
 /// Migration 3 as it first landed, before its edit (commit bb24522).

@@ -8,7 +8,7 @@ use otp_reconcile::clock::{self, SkewedClock};
 use otp_reconcile::config::ProviderSettings;
 use otp_reconcile::db::Db;
 use otp_reconcile::db::records;
-use otp_reconcile::db::sends::{self, Completion, SendState};
+use otp_reconcile::db::sends::{self, Completing, Completion, SendState};
 use otp_reconcile::pass::Ended;
 use otp_reconcile::provider::ProviderClient;
 use otp_reconcile::record::Fetched;
@@ -488,7 +488,7 @@ async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
         &mut tx,
         later,
         &complete(&first, SendState::Rejected),
-        false,
+        Completing::Pass,
     )
     .await
     .unwrap();
@@ -499,7 +499,7 @@ async fn a_late_finisher_never_overwrites_a_send_claimed_again(pool: PgPool) {
         &mut tx,
         later,
         &complete(&second, SendState::Settled),
-        false,
+        Completing::Pass,
     )
     .await
     .unwrap();
@@ -560,7 +560,7 @@ async fn a_claim_writes_no_send_and_never_waits_for_a_lease_being_ended(pool: Pg
     };
     let (writing, idle) = first.split_at(5);
     let mut tx = pool.begin().await.unwrap();
-    let written = sends::complete(&mut tx, now, &completion(writing), false)
+    let written = sends::complete(&mut tx, now, &completion(writing), Completing::Pass)
         .await
         .unwrap();
     assert_eq!(written.len(), 5);
@@ -582,7 +582,7 @@ async fn a_claim_writes_no_send_and_never_waits_for_a_lease_being_ended(pool: Pg
 
     // The first pass finishing the others late writes nothing: their leases are taken.
     let mut tx = pool.begin().await.unwrap();
-    let late = sends::complete(&mut tx, now, &completion(idle), false)
+    let late = sends::complete(&mut tx, now, &completion(idle), Completing::Pass)
         .await
         .unwrap();
     tx.commit().await.unwrap();

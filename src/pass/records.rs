@@ -10,7 +10,7 @@ use crate::db::DbError;
 use crate::db::lease;
 use crate::db::records;
 use crate::db::revisions;
-use crate::db::sends::{self, Claimed, Completion, DueClaims, SendState};
+use crate::db::sends::{self, Claimed, Completing, Completion, DueClaims, SendState};
 use crate::decide::{Checked, Decision, Replayed, Schedule};
 use crate::progress::Progress;
 use crate::provider::Failure;
@@ -190,10 +190,15 @@ impl Stage for Records<'_> {
                 .collect();
             let mut tx = db.pool().begin().await?;
             let replay = self.replay.is_some();
+            let completing = if replay {
+                Completing::Replay
+            } else {
+                Completing::Pass
+            };
             // Completed under their lease: each (id, token) once. Only those records are
             // stored, so a batch never writes a send twice.
             let completed: FxHashSet<(i64, uuid::Uuid)> =
-                sends::complete(&mut tx, now, &completions, replay)
+                sends::complete(&mut tx, now, &completions, completing)
                     .await?
                     .into_iter()
                     .collect();
@@ -235,10 +240,12 @@ impl Stage for Records<'_> {
             stored.records += more.records;
             stored.attempts += more.attempts;
             tx.commit().await?;
-            // BEGIN, the sends update, COMMIT; the two stores of each kind of record
-            // there was, the new ones' between SAVEPOINT and RELEASE.
+            // BEGIN, the sends update (after the flag of a pass), COMMIT; the two
+            // stores of each kind of record there was, the new ones' between SAVEPOINT
+            // and RELEASE.
             let stores = |n: usize, each: u64| if n == 0 || held.is_empty() { 0 } else { each };
-            db.counted(3 + stores(new.len(), 4) + stores(known.len(), 2));
+            let flag = u64::from(completing == Completing::Pass);
+            db.counted(3 + flag + stores(new.len(), 4) + stores(known.len(), 2));
             self.count(&batch, &completed, stored);
         }
         let n = lease::release(db, &sends::DUE, now, &released).await?;

@@ -16,7 +16,8 @@ use sqlx::Row;
 /// as an interval, $2 and $3 the range of window starts, `$apps` the apps (all if empty).
 ///
 /// - `candidates`: the windows in range holding an hour marked in `rate_dirty` (the
-///   triggers mark the hours whose sends, records or OTP conversions changed);
+///   triggers and a pass's completion mark the hours whose sends, records or OTP
+///   conversions changed);
 /// - `final`: those with no send still `pending` or `recheck` (through the partial
 ///   index `sends_open`); the others keep their marks and wait;
 /// - `fresh`: the aggregate of the definition over the final windows only; the OTP

@@ -170,21 +170,40 @@ pub struct Completion {
     pub last_error: Option<String>,
 }
 
+/// Who completes checked sends, and so who marks the hours they touch in `rate_dirty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completing {
+    /// A pass of due sends. It marks the hour of every send it completes, in the
+    /// completion's statement, and sets `otp_reconcile.pass_marks_hours` for the rest
+    /// of the transaction, so the row triggers of `sends` and `records` mark nothing
+    /// for its writes (migration `20261128000080`). The sends it claims are all pending
+    /// or recheck, so a mark for one that did not change waits with its window.
+    Pass,
+    /// A replay: a send whose state does not change keeps its `next_check_at`,
+    /// `last_error`, check count and `updated_at` (a replay that finds nothing new
+    /// leaves the row as it was), and the triggers mark what changed.
+    Replay,
+}
+
 /// Writes the checked sends still held under their lease, in the caller's transaction;
-/// answers the (id, lease) of each send written. A send whose lease expired and was claimed again is left
-/// as its new holder has it. The rows written stay locked until the transaction ends.
-///
-/// With `keep_unchanged` (a replay), a send whose state does not change keeps its
-/// `next_check_at`, `last_error`, check count and `updated_at`: a replay that finds
-/// nothing new leaves the row as it was.
+/// answers the (id, lease) of each send written. A send whose lease expired and was
+/// claimed again is left as its new holder has it. The rows written stay locked until
+/// the transaction ends. Two statements for a pass (see [`Completing::Pass`]), one for a
+/// replay.
 pub async fn complete(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     done: &[Completion],
-    keep_unchanged: bool,
+    by: Completing,
 ) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
     if done.is_empty() {
         return Ok(Vec::new());
+    }
+    let pass = by == Completing::Pass;
+    if pass {
+        sqlx::query("SELECT set_config('otp_reconcile.pass_marks_hours', 'on', true)")
+            .execute(&mut *conn)
+            .await?;
     }
     sqlx::query_as(concat!(
         "WITH u AS (SELECT * FROM unnest($2::bigint[], $3::uuid[], $4::text[],
@@ -192,7 +211,8 @@ pub async fn complete(
                     AS u(id, lease, state, next_check_at, last_error)),
          ",
         lease_rows_ended!("ended", "send_leases", "send_id", "u"),
-        "
+        ",
+         written AS (
          UPDATE sends t
          SET state = u.state,
              next_check_at = CASE WHEN $7 AND t.state = u.state THEN t.next_check_at ELSE u.next_check_at END,
@@ -202,7 +222,14 @@ pub async fn complete(
              updated_at = CASE WHEN $7 AND t.state = u.state THEN t.updated_at ELSE $1 END
          FROM u
          WHERE t.id = u.id AND (u.id, u.lease) IN (SELECT id, lease FROM ended)
-         RETURNING t.id, u.lease",
+         RETURNING t.id, u.lease, t.app_id, t.sent_at),
+         marked AS (
+         INSERT INTO rate_dirty (app_id, hour)
+         SELECT DISTINCT app_id, date_bin('1 hour', sent_at, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+         FROM written
+         WHERE NOT $7
+         ORDER BY 1, 2)
+         SELECT id, lease FROM written",
     ))
     .bind(now)
     .bind(done.iter().map(|c| c.id).collect::<Vec<_>>())
@@ -210,7 +237,7 @@ pub async fn complete(
     .bind(done.iter().map(|c| c.state.as_str()).collect::<Vec<_>>())
     .bind(done.iter().map(|c| c.next_check_at).collect::<Vec<_>>())
     .bind(done.iter().map(|c| c.last_error.clone()).collect::<Vec<_>>())
-    .bind(keep_unchanged)
+    .bind(!pass)
     .fetch_all(conn)
     .await
 }
