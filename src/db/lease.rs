@@ -393,8 +393,9 @@ pub(crate) use leased_by_table;
 
 /// The CTE `$name` ending the leases of a batch `$batch` (a relation with columns `id`
 /// and `lease`) whose leases are in `$leases` (keyed by `$key`): it deletes those still
-/// held under their token and returns their `id` and `lease`; the caller writes only
-/// those rows. The delete locks each lease and reads it again once free, so when a
+/// held under their token and returns their rows of the batch, whole; the caller writes
+/// only those rows, joined on `id`: each id comes back at most once (its lease is one
+/// row, deleted once, whatever the batch repeats). The delete locks each lease and reads it again once free, so when a
 /// claim took over an expired lease first, the token no longer matches and nothing is
 /// written for that row.
 macro_rules! lease_rows_ended {
@@ -407,9 +408,7 @@ macro_rules! lease_rows_ended {
             $batch,
             " b WHERE l.",
             $key,
-            " = b.id AND l.token = b.lease RETURNING l.",
-            $key,
-            " AS id, l.token AS lease)"
+            " = b.id AND l.token = b.lease RETURNING b.*)"
         )
     };
 }

@@ -220,8 +220,8 @@ pub async fn complete(
              attempts = CASE WHEN $7 AND t.state = u.state THEN t.attempts ELSE t.attempts + 1 END,
              last_checked_at = CASE WHEN $7 AND t.state = u.state THEN t.last_checked_at ELSE $1 END,
              updated_at = CASE WHEN $7 AND t.state = u.state THEN t.updated_at ELSE $1 END
-         FROM u
-         WHERE t.id = u.id AND (u.id, u.lease) IN (SELECT id, lease FROM ended)
+         FROM ended u
+         WHERE t.id = u.id
          RETURNING t.id, u.lease, t.app_id, t.sent_at),
          marked AS (
          INSERT INTO rate_dirty (app_id, hour)
