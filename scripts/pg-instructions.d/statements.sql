@@ -12,11 +12,9 @@ LANGUAGE sql AS $$
     FROM generate_series(lo, lo + 999) AS g
 $$;
 
--- `sends::complete` with `Completing::Pass`: the flag, then the completion marking its
--- hours ($7, keep unchanged, false).
-CREATE FUNCTION complete_pass(lo bigint) RETURNS bigint LANGUAGE sql AS $$
-    SELECT set_config('otp_reconcile.pass_marks_hours', 'on', true);
-    WITH b AS (SELECT * FROM completion_batch(lo)),
+-- `sends::complete`'s statement ($7, keep unchanged, false), for the two below.
+CREATE FUNCTION completion(first bigint) RETURNS bigint LANGUAGE sql AS $$
+    WITH b AS (SELECT * FROM completion_batch(first)),
          u AS (SELECT u.* FROM b, unnest(b.ids, b.leases, b.states, b.due, b.errors)
                                 AS u(id, lease, state, next_check_at, last_error)),
          ended AS (DELETE FROM send_leases l USING u b
@@ -40,22 +38,17 @@ CREATE FUNCTION complete_pass(lo bigint) RETURNS bigint LANGUAGE sql AS $$
     SELECT count(*) FROM written
 $$;
 
+-- `sends::complete` with `Completing::Pass`: the flag, then the completion.
+CREATE FUNCTION complete_pass(lo bigint) RETURNS bigint LANGUAGE sql AS $$
+    SELECT set_config('otp_reconcile.pass_marks_hours', 'on', true);
+    SELECT completion(lo)
+$$;
+
 -- The same update by any other writer (a replay whose sends change state, a fix by
--- hand): no flag, so the row triggers mark the hours.
+-- hand): without the flag the row triggers mark the hours (the statement's own marks,
+-- a few rows a batch, are left in).
 CREATE FUNCTION complete_by_hand(lo bigint) RETURNS bigint LANGUAGE sql AS $$
-    WITH b AS (SELECT * FROM completion_batch(lo)),
-         u AS (SELECT u.* FROM b, unnest(b.ids, b.leases, b.states, b.due, b.errors)
-                                AS u(id, lease, state, next_check_at, last_error)),
-         ended AS (DELETE FROM send_leases l USING u b
-                   WHERE l.send_id = b.id AND l.token = b.lease RETURNING b.*),
-         written AS (
-         UPDATE sends t
-         SET state = u.state, next_check_at = u.next_check_at, last_error = u.last_error,
-             attempts = t.attempts + 1, last_checked_at = now(), updated_at = now()
-         FROM ended u
-         WHERE t.id = u.id
-         RETURNING t.id)
-    SELECT count(*) FROM written
+    SELECT completion(lo)
 $$;
 
 -- `records::store_new`'s insert of records, under a pass's flag: answers of 600 bytes
