@@ -395,9 +395,9 @@ pub(crate) use leased_by_table;
 /// and `lease`) whose leases are in `$leases` (keyed by `$key`): it deletes those still
 /// held under their token and returns their rows of the batch, whole; the caller writes
 /// only those rows, joined on `id`: each id comes back at most once (its lease is one
-/// row, deleted once, whatever the batch repeats). The delete locks each lease and reads it again once free, so when a
-/// claim took over an expired lease first, the token no longer matches and nothing is
-/// written for that row.
+/// row, deleted once, whatever the batch repeats). The delete locks each lease and
+/// reads it again once free, so when a claim took over an expired lease first, the
+/// token no longer matches and nothing is written for that row.
 macro_rules! lease_rows_ended {
     ($name:literal, $leases:literal, $key:literal, $batch:literal) => {
         concat!(
