@@ -65,3 +65,36 @@ CREATE FUNCTION records_insert_pass(lo bigint) RETURNS bigint LANGUAGE sql AS $$
         RETURNING send_id)
     SELECT count(*) FROM inserted
 $$;
+
+-- `records::store_new`'s insert of attempts, with the spend it adds to `spend_days` (one
+-- settled sms attempt per send), under a pass's flag.
+CREATE FUNCTION attempts_insert_pass(lo bigint) RETURNS bigint LANGUAGE sql AS $$
+    SELECT set_config('otp_reconcile.pass_marks_hours', 'on', true);
+    WITH incoming AS (
+             SELECT g AS send_id, 'sms'::text AS channel, 1 AS position, 2::bigint AS status,
+                    'DELIVRD'::text AS reason, 310::bigint AS mcc, 260::bigint AS mnc,
+                    now() AS submitted_at, now() AS sent_at, NULL::timestamptz AS ringing_at,
+                    NULL::timestamptz AS answered_at, now() AS completed_at,
+                    'SENDER'::text AS sender, 1::bigint AS charge_count,
+                    NULL::bigint AS call_duration, NULL::bigint AS charged_duration,
+                    NULL::text AS bill_period, NULL::text AS supplier_code,
+                    NULL::numeric AS rate, 0.0123::numeric AS amount,
+                    0.0123::numeric AS settle_pay, 0.0123::numeric AS settle_price,
+                    'USD'::text AS settle_currency, 1::numeric AS quote_exchange
+             FROM generate_series(lo, lo + 999) AS g),
+         spend AS (
+             INSERT INTO spend_days AS d (day, currency, pay, attempts)
+             SELECT (s.sent_at AT TIME ZONE 'UTC')::date, x.currency, sum(x.pay), sum(x.n)
+             FROM (SELECT send_id, settle_currency, settle_pay, 1 FROM incoming
+                   WHERE settle_pay IS NOT NULL) AS x(send_id, currency, pay, n)
+             JOIN (SELECT id, sent_at FROM sends
+                   WHERE id = ANY (ARRAY(SELECT generate_series(lo, lo + 999)))) AS s(id, sent_at)
+               ON s.id = x.send_id
+             GROUP BY 1, 2
+             HAVING sum(x.n) <> 0 OR sum(x.pay) <> 0
+             ORDER BY 1, 2
+             ON CONFLICT ON CONSTRAINT spend_days_once DO UPDATE
+             SET pay = d.pay + EXCLUDED.pay, attempts = d.attempts + EXCLUDED.attempts),
+         inserted AS (INSERT INTO attempts SELECT * FROM incoming RETURNING 1)
+    SELECT count(*) FROM inserted
+$$;
