@@ -1,7 +1,7 @@
 -- scripts/pg-instructions: the pass's batch statements as SQL functions of the first id
 -- of a batch of 1,000 sends (ids lo .. lo + 999, all leased by seed.sql). Copies of the
--- statements in src/db/sends/mod.rs (`complete`) and src/db/records.rs (the records
--- insert), with the arrays a pass binds built here; keep them in step with those.
+-- statements in src/db/sends/mod.rs (`complete`) and src/db/records.rs (the records and
+-- attempts inserts), with the values a pass binds built here; keep them in step.
 
 -- The arrays of a completion: every send settled, no error.
 CREATE FUNCTION completion_batch(lo bigint, OUT ids bigint[], OUT leases uuid[],
