@@ -2,6 +2,8 @@
 //! status code and fault is classified, retries are signed afresh, and nothing the
 //! client does leaks the secret.
 
+mod common;
+
 use otp_reconcile::clock::{self, SkewedClock};
 use otp_reconcile::config::ProviderSettings;
 use otp_reconcile::provider::{
@@ -489,11 +491,9 @@ async fn an_answer_over_the_cap_is_an_error_not_an_allocation() {
 
 #[tokio::test]
 async fn nobody_listening_is_a_connect_failure() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let dead = common::DeadPort::new();
     let client = ProviderClient::new(
-        &settings(&base, DEMO_API_KEY, DEMO_API_SECRET),
+        &settings(&dead.url(), DEMO_API_KEY, DEMO_API_SECRET),
         clock::system(),
     )
     .unwrap();

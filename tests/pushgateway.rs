@@ -468,11 +468,8 @@ async fn a_failed_push_is_logged_once_never_fails_the_pass_and_hides_credentials
     sends_now(&pool, 5, "down").await;
     let sim = simulator().await;
     // Nothing listens on this port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = DeadPort::new();
+    let port = dead.port;
     let mut cmd = bin(&pool, &sim);
     cmd.args([
         "run",

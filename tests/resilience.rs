@@ -33,13 +33,9 @@ async fn simulator(faults: Faults) -> SimHandle {
 }
 
 /// A client for a base URL where nothing listens: a port taken, then let go.
-fn dead_provider() -> ProviderClient {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+fn dead_provider(port: &DeadPort) -> ProviderClient {
     let settings = otp_reconcile::config::ProviderSettings::new(
-        &format!("http://127.0.0.1:{port}"),
+        &port.url(),
         DEMO_API_KEY,
         secrecy::SecretString::from(DEMO_API_SECRET),
         false,
@@ -108,7 +104,8 @@ async fn a_dead_provider_stops_the_pass_with_every_send_untouched(pool: PgPool) 
             concurrency,
             ..with_default_retries()
         };
-        let summary = run_pass(&db, &dead_provider(), &settings).await;
+        let dead = DeadPort::new();
+        let summary = run_pass(&db, &dead_provider(&dead), &settings).await;
         assert_stopped_untouched(&pool, &summary, &before).await;
         let error = summary.error.clone().unwrap();
         assert!(error.contains("could not connect"), "{error}");
@@ -122,7 +119,8 @@ async fn a_dead_provider_with_a_small_backlog_still_ends_provider_unavailable(po
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(3, "down")).await;
     let before = send_rows(&pool).await;
-    let summary = run_pass(&db, &dead_provider(), &with_default_retries()).await;
+    let dead = DeadPort::new();
+    let summary = run_pass(&db, &dead_provider(&dead), &with_default_retries()).await;
     assert_stopped_untouched(&pool, &summary, &before).await;
     let error = summary.error.clone().unwrap();
     assert!(error.contains("could not connect"), "{error}");
@@ -576,12 +574,9 @@ async fn the_binary_exits_6_against_a_dead_provider(pool: PgPool) {
     let db = db_with_app(&pool).await;
     insert_sends(&db, &new_sends(100, "exit")).await;
     let before = send_rows(&pool).await;
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let dead = DeadPort::new();
     let mut cmd = bin(&pool);
-    cmd.env("PROVIDER_BASE_URL", format!("http://127.0.0.1:{port}"))
+    cmd.env("PROVIDER_BASE_URL", dead.url())
         .env("PROVIDER_API_KEY", DEMO_API_KEY)
         .env("PROVIDER_API_SECRET", DEMO_API_SECRET)
         .env("LOG_FORMAT", "pretty")

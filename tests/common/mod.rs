@@ -22,6 +22,32 @@ use tokio_util::sync::CancellationToken;
 
 pub const APP: &str = "app-test";
 
+/// A loopback port nothing listens on, for as long as this lives: a socket bound to it
+/// without `listen`, so a connection to it is refused and no other socket can take the
+/// port. A listener bound and dropped to find a free port let another test's simulator,
+/// started at the same moment, get that port, and the "dead" provider answered.
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        Self {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 /// The URL of the test's own database, for the binary.
 pub fn db_url(pool: &PgPool) -> String {
     let base = std::env::var("DATABASE_URL")
