@@ -241,9 +241,9 @@ impl Stage for Records<'_> {
             stored.attempts += more.attempts;
             tx.commit().await?;
             // BEGIN, the sends update (after the flag of a pass), COMMIT; the two
-            // stores of each kind of record there was, the new ones' between SAVEPOINT
-            // and RELEASE.
-            let stores = |n: usize, each: u64| if n == 0 || held.is_empty() { 0 } else { each };
+            // stores of each kind of record there was (`new` and `known` hold completed
+            // sends only), the new ones' between SAVEPOINT and RELEASE.
+            let stores = |n: usize, each: u64| if n == 0 { 0 } else { each };
             let flag = u64::from(completing == Completing::Pass);
             db.counted(3 + flag + stores(new.len(), 4) + stores(known.len(), 2));
             self.count(&batch, &completed, stored);
