@@ -1,6 +1,7 @@
 //! otp-reconcile: a batch job that keeps a company's books with its OTP/SMS provider
 //! straight. See the README for what it does and how to run it.
 
+pub mod alloc;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -34,7 +34,7 @@
 //!   never exceeds twice what Little's law needs (`rate × latency`);
 //! - with a memory budget (`--memory-budget`), the process's resident memory is read
 //!   every [`MEMORY_CHECK_EVERY`]; over the budget, the allocator first gives back the
-//!   free pages it keeps ([`release_free_memory`]) and the memory is read again; still
+//!   free pages it keeps ([`crate::alloc::release_free_memory`]) and the memory is read again; still
 //!   over and a step higher than at the last back-off, the limit backs off and never
 //!   grows back past where it then stands.
 //!
@@ -70,10 +70,10 @@ pub struct MemoryProbe {
 }
 
 impl MemoryProbe {
-    /// This process's, from Linux and glibc.
+    /// This process's, from Linux and jemalloc.
     pub const PROCESS: Self = Self {
         resident: resident_bytes,
-        reclaim: release_free_memory,
+        reclaim: crate::alloc::release_free_memory,
     };
 }
 
@@ -116,7 +116,7 @@ impl Memory {
         // off for each would take the limit down to nothing while the memory stands.
         let step = self.budget / MEMORY_STEPS;
         // Over it, the allocator first gives back its free pages, and the memory is
-        // read again: what glibc keeps of answers already freed is not the pass's.
+        // read again: what the allocator keeps of answers already freed is not the pass's.
         let rss = match (self.probe.resident)() {
             Some(rss) if rss > self.budget => {
                 (self.probe.reclaim)();
@@ -223,20 +223,6 @@ impl Limiter {
     /// The highest the limit reached.
     pub fn peak(&self) -> usize {
         self.state().peak_limit
-    }
-}
-
-/// Returns the free pages inside glibc's heaps to the system (`malloc_trim`). glibc
-/// gives back by itself only the free memory at the top of its heap: the free chunks
-/// between live ones (a batch of answers freed while the next is read) stay resident,
-/// so a pass's resident memory drifted up over its run though what it held did not
-/// (300 ms, 30,000 sends: 60.9 MiB peak without, 57.2 with, limit 768 either way).
-/// Called only when over the budget, at most every [`MEMORY_CHECK_EVERY`].
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim has no preconditions; it only releases free pages.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
