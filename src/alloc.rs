@@ -4,10 +4,10 @@
 //! Why not glibc's malloc: a pass allocates and frees each answer's buffers, parsed
 //! record and rows, hundreds of them in flight at once, and glibc's per-thread cache
 //! holds only 7 chunks of a size, so most frees went to its locked bins. malloc and free
-//! were a fifth of the job's CPU (perf). jemalloc cut the job's CPU per send by 9 to 14%
-//! at 1, 50 and 300 ms with its peak RSS 4 to 5 MiB higher, still under the 64 MiB the
-//! pass is held to (README, Benchmark). mimalloc saved as much at 1 ms but less at 300
-//! ms, for more memory.
+//! were a fifth of the job's CPU (perf). jemalloc cut the job's CPU per send by 15, 16
+//! and 22% at 1, 50 and 300 ms with its peak RSS 2.5 to 3.6 MiB higher, still under the
+//! 64 MiB the pass is held to (README, Benchmark). mimalloc saved as much at 1 ms but
+//! less at 300 ms, for more memory.
 //!
 //! The settings ([`MALLOC_CONF`]):
 //! - `narenas:1`: the pass runs on one thread (a current-thread runtime); more arenas
@@ -18,8 +18,6 @@
 //!
 //! `_RJEM_MALLOC_CONF` in the environment overrides them (jemalloc's own variable,
 //! prefixed as this build of it is), e.g. `_RJEM_MALLOC_CONF=stats_print:true`.
-
-use std::ffi::c_char;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -51,37 +49,37 @@ pub fn release_free_memory() {
     }
 }
 
-/// Reads one of jemalloc's settings by name; `T` is the setting's C type.
-fn read<T: Copy + Default>(name: &std::ffi::CStr) -> Option<T> {
-    let mut value = T::default();
-    let mut len = std::mem::size_of::<T>();
-    // SAFETY: `value` is `len` bytes, the size jemalloc writes for the settings read
-    // here (checked by the caller's type); the name is NUL-terminated.
-    let status = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            name.as_ptr() as *const c_char,
-            (&mut value as *mut T).cast(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    (status == 0 && len == std::mem::size_of::<T>()).then_some(value)
-}
-
-/// The number of arenas jemalloc was started with.
-pub fn arenas() -> Option<u32> {
-    read::<u32>(c"opt.narenas")
-}
-
-/// After how many milliseconds freed pages go back to the system.
-pub fn dirty_decay_ms() -> Option<isize> {
-    read::<isize>(c"opt.dirty_decay_ms")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads one of jemalloc's settings by name; `T` is the setting's C type.
+    fn read<T: Copy + Default>(name: &std::ffi::CStr) -> Option<T> {
+        let mut value = T::default();
+        let mut len = std::mem::size_of::<T>();
+        // SAFETY: `value` is `len` bytes, the size jemalloc writes for the settings read
+        // here (checked by the caller's type); the name is NUL-terminated.
+        let status = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                (&mut value as *mut T).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        (status == 0 && len == std::mem::size_of::<T>()).then_some(value)
+    }
+
+    /// The number of arenas jemalloc was started with.
+    fn arenas() -> Option<u32> {
+        read::<u32>(c"opt.narenas")
+    }
+
+    /// After how many milliseconds freed pages go back to the system.
+    fn dirty_decay_ms() -> Option<isize> {
+        read::<isize>(c"opt.dirty_decay_ms")
+    }
 
     #[test]
     fn jemalloc_runs_with_the_settings_built_in() {

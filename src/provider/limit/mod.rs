@@ -34,9 +34,9 @@
 //!   never exceeds twice what Little's law needs (`rate × latency`);
 //! - with a memory budget (`--memory-budget`), the process's resident memory is read
 //!   every [`MEMORY_CHECK_EVERY`]; over the budget, the allocator first gives back the
-//!   free pages it keeps ([`crate::alloc::release_free_memory`]) and the memory is read again; still
-//!   over and a step higher than at the last back-off, the limit backs off and never
-//!   grows back past where it then stands.
+//!   free pages it keeps ([`crate::alloc::release_free_memory`]) and the memory is read
+//!   again; still over and a step higher than at the last back-off, the limit backs off
+//!   and never grows back past where it then stands.
 //!
 //! [`Gradient`] is the arithmetic alone, driven by samples and the times given to it,
 //! so tests need no clock; [`Limiter`] holds it behind the permits the gate hands out.
@@ -116,7 +116,8 @@ impl Memory {
         // off for each would take the limit down to nothing while the memory stands.
         let step = self.budget / MEMORY_STEPS;
         // Over it, the allocator first gives back its free pages, and the memory is
-        // read again: what the allocator keeps of answers already freed is not the pass's.
+        // read again: what the allocator keeps of answers already freed is not the
+        // pass's.
         let rss = match (self.probe.resident)() {
             Some(rss) if rss > self.budget => {
                 (self.probe.reclaim)();
