@@ -322,23 +322,51 @@ mod tests {
         }
     }
 
-    /// Items 1 to `items` in one claim; each worked item waits for its turn (a
-    /// semaphore the test hands permits to), counting how many are being worked.
-    struct Counting {
+    /// Items handed out in one claim, each worked when its time on tokio's clock comes
+    /// (`done_at`, ms after `start`) or, without one, when the test hands it a turn (a
+    /// semaphore); it counts how many are being worked, and logs each write with its
+    /// time.
+    struct Scripted {
         holdings: Holdings,
         items: Mutex<Option<Vec<Item>>>,
+        done_at: Option<fn(i64) -> u64>,
         turns: tokio::sync::Semaphore,
+        start: tokio::time::Instant,
         working: AtomicUsize,
         most: AtomicUsize,
-        written: AtomicUsize,
+        writes: Mutex<Vec<(u64, Vec<i64>)>>,
     }
 
-    impl Stage for Counting {
+    impl Scripted {
+        fn new(items: i64, done_at: Option<fn(i64) -> u64>) -> Self {
+            Self {
+                holdings: Holdings::new(&DUE),
+                items: Mutex::new(Some((1..=items).map(Item).collect())),
+                done_at,
+                turns: tokio::sync::Semaphore::new(0),
+                start: tokio::time::Instant::now(),
+                working: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+                writes: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn written(&self) -> usize {
+            self.writes
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, ids)| ids.len())
+                .sum()
+        }
+    }
+
+    impl Stage for Scripted {
         type Item = Item;
         type Done = i64;
 
         fn name(&self) -> &'static str {
-            "counting"
+            "scripted"
         }
         fn holdings(&self) -> &Holdings {
             &self.holdings
@@ -352,12 +380,19 @@ mod tests {
         async fn work(&self, item: Item) -> Worked<Item, i64> {
             let now = self.working.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
-            self.turns.acquire().await.unwrap().forget();
+            match self.done_at {
+                Some(at) => {
+                    let at = self.start + Duration::from_millis(at(item.0));
+                    tokio::time::sleep_until(at).await;
+                }
+                None => self.turns.acquire().await.unwrap().forget(),
+            }
             self.working.fetch_sub(1, Ordering::SeqCst);
             Worked::Done(item.0)
         }
         async fn write(&self, done: Vec<i64>, _: Vec<Item>) -> Result<(), DbError> {
-            self.written.fetch_add(done.len(), Ordering::SeqCst);
+            let ms = (tokio::time::Instant::now() - self.start).as_millis() as u64;
+            self.writes.lock().unwrap().push((ms, done));
             Ok(())
         }
     }
@@ -366,14 +401,7 @@ mod tests {
     /// others wait in the queue until a place is free.
     #[tokio::test]
     async fn items_leave_the_queue_only_for_a_free_place() {
-        let stage = Counting {
-            holdings: Holdings::new(&DUE),
-            items: Mutex::new(Some((1..=20).map(Item).collect())),
-            turns: tokio::sync::Semaphore::new(0),
-            working: AtomicUsize::new(0),
-            most: AtomicUsize::new(0),
-            written: AtomicUsize::new(0),
-        };
+        let stage = Scripted::new(20, None);
         let shape = Shape {
             claim_batch: 20,
             write_batch: 5,
@@ -395,46 +423,8 @@ mod tests {
         };
         let (end, ()) = tokio::join!(run(&stage, shape, &|| 3, &stop), turns);
         assert_eq!(end.unwrap(), StageEnd::Drained);
-        assert_eq!(stage.written.load(Ordering::SeqCst), 20);
+        assert_eq!(stage.written(), 20);
         assert_eq!(stage.most.load(Ordering::SeqCst), 3);
-    }
-
-    /// Items finishing at set times (ms after the start), and each write's items and
-    /// time.
-    struct Timed {
-        holdings: Holdings,
-        start: tokio::time::Instant,
-        items: Mutex<Option<Vec<Item>>>,
-        done_at: fn(i64) -> u64,
-        writes: Mutex<Vec<(u64, Vec<i64>)>>,
-    }
-
-    impl Stage for Timed {
-        type Item = Item;
-        type Done = i64;
-
-        fn name(&self) -> &'static str {
-            "timed"
-        }
-        fn holdings(&self) -> &Holdings {
-            &self.holdings
-        }
-        fn done_id(done: &i64) -> i64 {
-            *done
-        }
-        async fn claim(&self, _: usize, _: &[i64]) -> Result<Vec<Item>, DbError> {
-            Ok(self.items.lock().unwrap().take().unwrap_or_default())
-        }
-        async fn work(&self, item: Item) -> Worked<Item, i64> {
-            let at = self.start + Duration::from_millis((self.done_at)(item.0));
-            tokio::time::sleep_until(at).await;
-            Worked::Done(item.0)
-        }
-        async fn write(&self, done: Vec<i64>, _: Vec<Item>) -> Result<(), DbError> {
-            let ms = (tokio::time::Instant::now() - self.start).as_millis() as u64;
-            self.writes.lock().unwrap().push((ms, done));
-            Ok(())
-        }
     }
 
     /// Full batches go at once, and a partial one `write_interval` after the last write
@@ -443,18 +433,15 @@ mod tests {
     /// tokio's, paused: it moves only when every task waits.
     #[tokio::test(start_paused = true)]
     async fn a_partial_batch_waits_the_interval_after_the_last_write() {
-        let stage = Timed {
-            holdings: Holdings::new(&DUE),
-            start: tokio::time::Instant::now(),
-            items: Mutex::new(Some((1..=13).map(Item).collect())),
-            done_at: |id| match id {
+        let stage = Scripted::new(
+            13,
+            Some(|id| match id {
                 1..=5 => 95,
                 6..=10 => 150,
                 11 | 12 => 160,
                 _ => 400,
-            },
-            writes: Mutex::new(Vec::new()),
-        };
+            }),
+        );
         let shape = Shape {
             claim_batch: 13,
             write_batch: 5,
